@@ -1,0 +1,1 @@
+"""Command-line interface (``mor``). Shared by every party, so it lives outside them."""

@@ -1,0 +1,70 @@
+"""uvicorn with mutual TLS where the app can see *who* is calling.
+
+uvicorn verifies client certificates when told to, but it does not put the verified peer
+certificate into the ASGI scope, and identity must come from that certificate, never from a
+header. This protocol subclass reads the DER certificate off the TLS transport once per
+connection and exposes it as the ASGI TLS extension (``scope["extensions"]["tls"]``), so
+authorisation happens on the CA-issued URI SAN of a certificate the handshake verified.
+
+``http=`` is pinned to this class: the httptools protocol would bypass it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+TLS_EXTENSION = "tls"
+
+
+def _peer_der(transport: asyncio.BaseTransport) -> bytes | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return bytes(der) if der else None
+
+
+class MutualTLSProtocol(H11Protocol):
+    """h11 protocol that hands the verified client certificate to the app on every request."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        der = _peer_der(transport)
+        inner = self.app
+
+        async def app_with_peer(scope: Any, receive: Any, send: Any) -> None:
+            extensions = dict(scope.get("extensions") or {})
+            extensions[TLS_EXTENSION] = {"client_cert_der": der}
+            scope["extensions"] = extensions
+            await inner(scope, receive, send)
+
+        self.app = app_with_peer
+
+
+def peer_certificate_der(scope: dict[str, Any]) -> bytes | None:
+    """The verified client certificate of this request, or None (plain HTTP / no cert)."""
+    tls = (scope.get("extensions") or {}).get(TLS_EXTENSION) or {}
+    der = tls.get("client_cert_der")
+    return bytes(der) if der else None
+
+
+def uvicorn_config(
+    app: Any, *, host: str, port: int, ssl_context: ssl.SSLContext, log_level: str = "warning", **kwargs: Any
+) -> uvicorn.Config:
+    """A uvicorn ``Config`` serving ``app`` over the given (mutual) TLS context."""
+    if ssl_context.verify_mode != ssl.CERT_REQUIRED:
+        raise ValueError("refusing to serve: the TLS context does not require client certificates")
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=MutualTLSProtocol,
+        ssl_context_factory=lambda _config, _default: ssl_context,
+        log_level=log_level,
+        **kwargs,
+    )

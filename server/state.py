@@ -1,0 +1,279 @@
+"""Durable server state: enrolments, rounds, tasks, submissions, nonces.
+
+Why a database and not memory: an accepted submission is a promise (the agent holds a signed
+receipt for it), so it must survive ``kill -9``; a nonce once seen must stay seen, or a
+restart would re-open the door to replays. Every write commits before the HTTP reply leaves.
+
+SQLite by default (``sqlite:///path/state.db``, WAL mode); any SQLAlchemy URL works, so a real
+server database can replace it without code changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+metadata = MetaData()
+
+agents = Table(
+    "agents",
+    metadata,
+    Column("identity", String(300), primary_key=True),
+    Column("signing_key_b64", String(100), nullable=False),
+    Column("architecture", String(200), nullable=False),
+    Column("epsilon", Float, nullable=False),
+    Column("delta", Float, nullable=False),
+    Column("privacy_report", Text, nullable=False),
+    Column("enrolled_at", Float, nullable=False),
+    Column("last_seen", Float),
+    Column("calibration", Text),
+)
+
+rounds = Table(
+    "rounds",
+    metadata,
+    Column("round_id", String(100), primary_key=True),
+    Column("kind", String(20), nullable=False),
+    Column("status", String(20), nullable=False),  # open | fused | skipped
+    Column("created_at", Float, nullable=False),
+    Column("deadline", Float, nullable=False),
+    Column("n_items", Integer, nullable=False),
+    Column("outcome", Text),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", String(100), primary_key=True),
+    Column("round_id", String(100), nullable=False, index=True),
+    Column("agent", String(300), nullable=False, index=True),
+    Column("payload", Text, nullable=False),
+    Column("issued_at", Float, nullable=False),
+    Column("deadline", Float, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | delivered | submitted | expired
+)
+
+submissions = Table(
+    "submissions",
+    metadata,
+    Column("task_id", String(100), primary_key=True),
+    Column("agent", String(300), nullable=False),
+    Column("round_id", String(100), nullable=False, index=True),
+    Column("envelope_sha256", String(64), nullable=False),
+    Column("envelope", Text, nullable=False),
+    Column("receipt", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    Column("sender", String(300), primary_key=True),
+    Column("nonce", String(100), primary_key=True),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    round_id: str
+    agent: str
+    payload: dict[str, Any]
+    issued_at: float
+    deadline: float
+    status: str
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class StateStore:
+    """Thin, explicit persistence for the server. One method per thing the server promises."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata.create_all(self.engine)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    # -- agents -----------------------------------------------------------------------------
+    def upsert_agent(
+        self, identity: str, *, signing_key_b64: str, architecture: str, epsilon: float, delta: float,
+        privacy_report: Mapping[str, Any], now: float,
+    ) -> None:
+        values = {
+            "signing_key_b64": signing_key_b64, "architecture": architecture, "epsilon": epsilon,
+            "delta": delta, "privacy_report": json.dumps(privacy_report), "enrolled_at": now, "last_seen": now,
+        }
+        with self._tx() as conn:
+            exists = conn.execute(select(agents.c.identity).where(agents.c.identity == identity)).first()
+            if exists:
+                conn.execute(update(agents).where(agents.c.identity == identity).values(**values))
+            else:
+                conn.execute(insert(agents).values(identity=identity, **values))
+
+    def agent(self, identity: str) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(select(agents).where(agents.c.identity == identity)).mappings().first()
+        return dict(row) if row else None
+
+    def list_agents(self) -> list[dict[str, Any]]:
+        with self._tx() as conn:
+            return [dict(r) for r in conn.execute(select(agents).order_by(agents.c.identity)).mappings()]
+
+    def touch_agent(self, identity: str, now: float) -> None:
+        with self._tx() as conn:
+            conn.execute(update(agents).where(agents.c.identity == identity).values(last_seen=now))
+
+    def set_calibration(self, identity: str, calibration: Mapping[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                update(agents).where(agents.c.identity == identity).values(calibration=json.dumps(calibration))
+            )
+
+    # -- rounds and tasks -------------------------------------------------------------------
+    def create_round(
+        self, round_id: str, *, kind: str, n_items: int, deadline: float, now: float,
+        task_payloads: Mapping[str, tuple[str, Mapping[str, Any]]],
+    ) -> None:
+        """Create a round and its tasks (agent -> (task_id, payload)) in one transaction."""
+        with self._tx() as conn:
+            conn.execute(insert(rounds).values(
+                round_id=round_id, kind=kind, status="open", created_at=now, deadline=deadline, n_items=n_items,
+            ))
+            for agent, (task_id, payload) in task_payloads.items():
+                conn.execute(insert(tasks).values(
+                    task_id=task_id, round_id=round_id, agent=agent, payload=json.dumps(payload),
+                    issued_at=now, deadline=deadline, status="pending",
+                ))
+
+    def close_round(self, round_id: str, *, status: str, outcome: Mapping[str, Any]) -> None:
+        with self._tx() as conn:
+            conn.execute(update(rounds).where(rounds.c.round_id == round_id).values(
+                status=status, outcome=json.dumps(outcome),
+            ))
+            conn.execute(update(tasks).where(
+                (tasks.c.round_id == round_id) & (tasks.c.status.in_(("pending", "delivered")))
+            ).values(status="expired"))
+
+    def round_counts(self) -> dict[str, int]:
+        with self._tx() as conn:
+            rows = conn.execute(select(rounds.c.status)).scalars().all()
+        return {status: rows.count(status) for status in ("open", "fused", "skipped")}
+
+    def next_task(self, agent: str, now: float) -> TaskRow | None:
+        """The oldest live task for ``agent`` (pending or delivered but unanswered)."""
+        with self._tx() as conn:
+            row = conn.execute(
+                select(tasks).where(
+                    (tasks.c.agent == agent) & (tasks.c.status.in_(("pending", "delivered")))
+                    & (tasks.c.deadline > now)
+                ).order_by(tasks.c.issued_at)
+            ).mappings().first()
+            if row is None:
+                return None
+            conn.execute(update(tasks).where(tasks.c.task_id == row["task_id"]).values(status="delivered"))
+        return TaskRow(
+            task_id=row["task_id"], round_id=row["round_id"], agent=row["agent"],
+            payload=json.loads(row["payload"]), issued_at=row["issued_at"], deadline=row["deadline"],
+            status="delivered",
+        )
+
+    def task(self, task_id: str) -> TaskRow | None:
+        with self._tx() as conn:
+            row = conn.execute(select(tasks).where(tasks.c.task_id == task_id)).mappings().first()
+        if row is None:
+            return None
+        return TaskRow(
+            task_id=row["task_id"], round_id=row["round_id"], agent=row["agent"],
+            payload=json.loads(row["payload"]), issued_at=row["issued_at"], deadline=row["deadline"],
+            status=row["status"],
+        )
+
+    # -- submissions ------------------------------------------------------------------------
+    def record_submission(
+        self, *, task_id: str, agent: str, round_id: str, envelope_sha256: str,
+        envelope: Mapping[str, Any], receipt: Mapping[str, Any], now: float,
+    ) -> bool:
+        """Store an accepted submission and mark its task answered; False if one already exists."""
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(submissions).values(
+                    task_id=task_id, agent=agent, round_id=round_id, envelope_sha256=envelope_sha256,
+                    envelope=json.dumps(envelope), receipt=json.dumps(receipt), received_at=now,
+                ))
+                conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(status="submitted"))
+        except SQLIntegrityError:
+            return False
+        return True
+
+    def submission(self, task_id: str) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(select(submissions).where(submissions.c.task_id == task_id)).mappings().first()
+        if row is None:
+            return None
+        out = dict(row)
+        out["envelope"] = json.loads(out["envelope"])
+        out["receipt"] = json.loads(out["receipt"])
+        return out
+
+    def submissions_for_round(self, round_id: str) -> list[dict[str, Any]]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                select(submissions).where(submissions.c.round_id == round_id).order_by(submissions.c.agent)
+            ).mappings().all()
+        return [{**dict(r), "envelope": json.loads(r["envelope"]), "receipt": json.loads(r["receipt"])}
+                for r in rows]
+
+    def count_submissions(self) -> int:
+        with self._tx() as conn:
+            return len(conn.execute(select(submissions.c.task_id)).all())
+
+    # -- nonces (the crypto package's NonceStore protocol) ----------------------------------
+    def check_and_add(self, sender: str, nonce: str, expires_at: float) -> bool:
+        """Record ``nonce`` for ``sender``; False if it was seen before (a replay)."""
+        try:
+            with self._tx() as conn:
+                conn.execute(insert(nonces).values(sender=sender, nonce=nonce, expires_at=expires_at))
+        except SQLIntegrityError:
+            return False
+        return True
+
+    def purge_nonces(self, now: float | None = None) -> None:
+        """Forget nonces past their freshness window: the timestamp check rejects those anyway."""
+        cutoff = time.time() if now is None else now
+        with self._tx() as conn:
+            conn.execute(nonces.delete().where(nonces.c.expires_at < cutoff))

@@ -1,0 +1,202 @@
+"""GRPO on the policy VLM: a thin, readable layer over TRL's ``GRPOTrainer``.
+
+TRL does the sampling, the group-relative advantages, the clipped loss and the KL to the
+frozen reference; we only choose safe settings, build the dataset, validate what the reward
+function returns, and report. Why these choices:
+
+- ``beta > 0`` is enforced: without it TRL drops the reference model and nothing keeps the
+  policy from drifting into reward hacking of the federated reward models.
+- LoRA by default: the reference is then the base with the adapter disabled (no second copy
+  of the model), and the trained artefact is a small adapter.
+- Checkpoints every ``save_steps`` and ``resume=True``: a server restart continues from the
+  last checkpoint instead of repeating (and re-paying clients for) finished rounds. The
+  learning rate is constant, because a decaying schedule restored from a checkpoint of a
+  shorter run is already at 0 when the run is extended.
+
+The reward function is the server's hook: one call = one batch of G completions per prompt,
+which the server turns into one federated scoring round. It receives TRL's keyword columns
+(``prompt_id``, ``image``, ``completion_ids``, ``log_metric``...); extras it reports through
+``log_metric(name, value)`` appear in every step's metrics. Example::
+
+    >>> def contains_gold(prompts, completions, prompt_id, **_):
+    ...     return [1.0 if GOLD[pid] in c[0]["content"].lower() else 0.0
+    ...             for pid, c in zip(prompt_id, completions)]
+    >>> run_grpo(model_path=warm.path, prompts=prompts, reward_fn=contains_gold,
+    ...          config=GRPORunConfig(output_dir=Path("runs/grpo")))  # doctest: +SKIP
+
+``None`` is allowed for a completion no client scored (TRL ignores it in the advantage).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from corpus.types import Prompt
+from server.errors import GRPOConfigError, RewardError
+from server.vlm.load import load_processor
+
+RewardFn = Callable[..., Sequence[float | None]]
+StepLogger = Callable[[dict[str, Any]], None]
+LANGUAGE_MODEL_ATTENTION = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+
+
+@dataclass(frozen=True)
+class GRPORunConfig:
+    """Settings of one GRPO run; invalid or unsafe values are refused at construction."""
+
+    output_dir: Path
+    group_size: int = 4
+    learning_rate: float = 5e-5
+    max_steps: int = 10
+    beta: float = 0.04
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: str | tuple[str, ...] = LANGUAGE_MODEL_ATTENTION
+    use_lora: bool = True
+    max_completion_length: int = 32
+    per_device_batch: int = 4
+    temperature: float = 1.0
+    seed: int = 0
+    save_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise GRPOConfigError(f"beta={self.beta}: must be > 0 (the KL penalty to the frozen reference is required)")
+        for name in ("group_size", "max_steps", "max_completion_length", "per_device_batch", "save_steps", "lora_r"):
+            if getattr(self, name) < 1:
+                raise GRPOConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.group_size < 2:
+            raise GRPOConfigError(f"group_size={self.group_size}: must be >= 2 (advantages are relative to the group)")
+        if self.per_device_batch % self.group_size:
+            raise GRPOConfigError(f"per_device_batch={self.per_device_batch}: must be a multiple of group_size")
+        if not (0 < self.learning_rate < 1):
+            raise GRPOConfigError(f"learning_rate={self.learning_rate}: must be in (0, 1)")
+
+
+@dataclass
+class GRPOResult:
+    """What a run produced: the adapter (or model) directory, per-step metrics, LoRA movement."""
+
+    adapter_path: Path
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    lora_delta_norm: float = 0.0
+    resumed_from: Path | None = None
+
+
+class _StepMetrics(TrainerCallback):
+    """Collects TRL's per-step log (reward, reward_std, kl, extras) and forwards it."""
+
+    def __init__(self, sink: list[dict[str, Any]], step_logger: StepLogger | None) -> None:
+        self.sink, self.step_logger = sink, step_logger
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if not logs or "train_runtime" in logs:  # the end-of-training summary is not a step
+            return
+        record = {"step": state.global_step, **logs}
+        self.sink.append(record)
+        if self.step_logger is not None:
+            self.step_logger(record)
+
+
+def _checked(reward_fn: RewardFn) -> Callable[..., list[float | None]]:
+    """Wrap the caller's reward function so a wrong shape or a NaN fails loudly, by name."""
+
+    def mor_reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
+        scores = list(reward_fn(prompts, completions, **columns))
+        if len(scores) != len(completions):
+            raise RewardError(f"reward_fn returned {len(scores)} scores for {len(completions)} completions")
+        for i, score in enumerate(scores):
+            if score is not None and (not isinstance(score, int | float) or not math.isfinite(score)):
+                raise RewardError(f"reward_fn score #{i} is {score!r}: expected a finite float or None")
+        return [None if s is None else float(s) for s in scores]
+
+    return mor_reward
+
+
+def _dataset(prompts: Sequence[Prompt]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": p.question}] for p in prompts],
+            "image": [p.image for p in prompts],
+            "prompt_id": [p.prompt_id for p in prompts],
+        }
+    )
+
+
+def _lora_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def run_grpo(
+    *,
+    model_path: Path,
+    prompts: Sequence[Prompt],
+    reward_fn: RewardFn,
+    config: GRPORunConfig,
+    resume: bool = True,
+    step_logger: StepLogger | None = None,
+) -> GRPOResult:
+    """Train the policy at ``model_path`` with GRPO for ``config.max_steps`` (total, across resumes)."""
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    if not prompts:
+        raise GRPOConfigError("prompts: at least one prompt is required")
+    on_gpu = torch.cuda.is_available()
+    args = GRPOConfig(
+        output_dir=str(config.output_dir),
+        num_generations=config.group_size,
+        per_device_train_batch_size=config.per_device_batch,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",  # a decaying schedule restored from a checkpoint would be 0 past the old end
+        max_steps=config.max_steps,
+        beta=config.beta,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        seed=config.seed,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        logging_steps=1,
+        use_cpu=not on_gpu,
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        gradient_checkpointing=False,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    peft_config = None
+    if config.use_lora:
+        targets = config.lora_targets if isinstance(config.lora_targets, str) else list(config.lora_targets)
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0
+        )
+    torch.manual_seed(config.seed)  # LoRA init is then the same on every (re)start: the delta is vs. the true start
+    steps: list[dict[str, Any]] = []
+    trainer = GRPOTrainer(
+        model=str(model_path),
+        reward_funcs=[_checked(reward_fn)],
+        args=args,
+        train_dataset=_dataset(prompts),
+        processing_class=load_processor(Path(model_path)),
+        peft_config=peft_config,
+        callbacks=[_StepMetrics(steps, step_logger)],
+    )
+    policy: Any = trainer.model
+    initial = _lora_weights(policy)
+    last = get_last_checkpoint(str(config.output_dir)) if resume and config.output_dir.is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    final = _lora_weights(policy)
+    delta = math.sqrt(sum(float((final[n] - initial[n]).pow(2).sum()) for n in final))
+    out = config.output_dir / "final"
+    trainer.save_model(str(out))
+    return GRPOResult(adapter_path=out, steps=steps, lora_delta_norm=delta, resumed_from=Path(last) if last else None)

@@ -1,0 +1,286 @@
+"""Signed score envelopes: what an agent submits for one scoring task.
+
+An envelope binds the scores to *who* sent them, *for which* round and task, and *when*,
+under the sender's Ed25519 key. The signature covers ``DOMAIN`` + canonical JSON of the
+header; the header holds the vector length and, for ``ckks`` payloads, the SHA-256 of every
+ciphertext and of the public context, so nothing can be swapped, truncated or re-targeted.
+``plain`` payloads (the ``tls-only`` privacy mode) carry the scores in the signed header.
+
+:func:`open_envelope` checks framing, signature, expected sender/round/task, freshness and
+replay — in that order, and all **before** any ciphertext is deserialised — and every
+failure is the same opaque :class:`~crypto.errors.IntegrityError` (no oracle for forgers).
+The nonce is recorded only after the signature verified, so forgeries cannot burn nonces.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+from crypto.canonical import canonical_json
+from crypto.ckks import MAX_CHUNKS, MAX_CIPHERTEXT_BYTES, PublicContext, SealedVector
+from crypto.errors import IntegrityError
+from crypto.nonces import NonceStore
+from crypto.signing import SigningKey, VerifyKey
+
+PayloadKind = Literal["ckks", "plain"]
+ENVELOPE_VERSION = 1
+DOMAIN = b"mor-secure/score-envelope/v1\n"
+DEFAULT_MAX_AGE_S = 300.0
+DEFAULT_MAX_FUTURE_S = 30.0
+MAX_PLAIN_SCORES = 65536
+_FIELDS = {"v", "kind", "sender", "round_id", "task_id", "nonce", "timestamp", "length",
+           "context_sha256", "ciphertexts", "scores", "signature"}
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A signed envelope as it travels (see :meth:`to_dict` / :meth:`to_bytes`)."""
+
+    kind: PayloadKind
+    sender: str
+    round_id: str
+    task_id: str
+    nonce: str
+    timestamp: float
+    length: int
+    context_sha256: str | None
+    ciphertexts: tuple[bytes, ...]
+    scores: tuple[float, ...] | None
+    signature: bytes
+
+    def header(self) -> dict[str, Any]:
+        """The signed content: everything but the signature, ciphertexts by their SHA-256."""
+        return {
+            "v": ENVELOPE_VERSION,
+            "kind": self.kind,
+            "sender": self.sender,
+            "round_id": self.round_id,
+            "task_id": self.task_id,
+            "nonce": self.nonce,
+            "timestamp": self.timestamp,
+            "length": self.length,
+            "context_sha256": self.context_sha256,
+            "ciphertext_sha256": [hashlib.sha256(c).hexdigest() for c in self.ciphertexts],
+            "scores": list(self.scores) if self.scores is not None else None,
+        }
+
+    def signed_bytes(self) -> bytes:
+        return DOMAIN + canonical_json(self.header())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (binary fields base64) for HTTP bodies and storage."""
+        return {
+            "v": ENVELOPE_VERSION,
+            "kind": self.kind,
+            "sender": self.sender,
+            "round_id": self.round_id,
+            "task_id": self.task_id,
+            "nonce": self.nonce,
+            "timestamp": self.timestamp,
+            "length": self.length,
+            "context_sha256": self.context_sha256,
+            "ciphertexts": [base64.b64encode(c).decode("ascii") for c in self.ciphertexts],
+            "scores": list(self.scores) if self.scores is not None else None,
+            "signature": base64.b64encode(self.signature).decode("ascii"),
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    def sha256(self) -> str:
+        """Digest of the wire form: what audit logs and receipts record instead of content."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Envelope:
+        """Parse a received envelope. Any framing problem is an :class:`IntegrityError`."""
+        try:
+            return _parse(data)
+        except (KeyError, ValueError, TypeError, binascii.Error):
+            raise IntegrityError() from None
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Envelope:
+        try:
+            parsed = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise IntegrityError() from None
+        return cls.from_dict(parsed)
+
+
+def _text(value: Any, max_len: int) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise ValueError
+    return value
+
+
+def _hex(value: Any, length: int) -> str:
+    if not isinstance(value, str) or len(value) != length:
+        raise ValueError
+    bytes.fromhex(value)
+    return value
+
+
+def _parse(data: Any) -> Envelope:
+    if not isinstance(data, Mapping) or set(data) != _FIELDS or data["v"] != ENVELOPE_VERSION:
+        raise ValueError
+    kind = data["kind"]
+    length, timestamp = data["length"], data["timestamp"]
+    if type(length) is not int or length < 1:
+        raise ValueError
+    if type(timestamp) not in (int, float) or not math.isfinite(timestamp):
+        raise ValueError
+    ciphertexts_b64, scores_raw, context_sha = data["ciphertexts"], data["scores"], data["context_sha256"]
+    if not isinstance(ciphertexts_b64, list):
+        raise ValueError
+    ciphertexts = tuple(base64.b64decode(_text(c, 2 * MAX_CIPHERTEXT_BYTES), validate=True) for c in ciphertexts_b64)
+    scores: tuple[float, ...] | None = None
+    if kind == "ckks":
+        if scores_raw is not None or not 1 <= len(ciphertexts) <= MAX_CHUNKS:
+            raise ValueError
+        context_sha = _hex(context_sha, 64)
+    elif kind == "plain":
+        if ciphertexts or context_sha is not None or not isinstance(scores_raw, list):
+            raise ValueError
+        if len(scores_raw) != length or length > MAX_PLAIN_SCORES:
+            raise ValueError
+        if any(type(s) not in (int, float) or not math.isfinite(s) for s in scores_raw):
+            raise ValueError
+        scores = tuple(float(s) for s in scores_raw)
+    else:
+        raise ValueError
+    return Envelope(
+        kind=kind,
+        sender=_text(data["sender"], 512),
+        round_id=_text(data["round_id"], 256),
+        task_id=_text(data["task_id"], 256),
+        nonce=_hex(data["nonce"], 32),
+        timestamp=float(timestamp),
+        length=length,
+        context_sha256=context_sha,
+        ciphertexts=ciphertexts,
+        scores=scores,
+        signature=base64.b64decode(_text(data["signature"], 128), validate=True),
+    )
+
+
+@dataclass(frozen=True)
+class OpenedEnvelope:
+    """A verified envelope: ``sealed`` for ckks payloads, ``scores`` for plain ones."""
+
+    kind: PayloadKind
+    sender: str
+    round_id: str
+    task_id: str
+    nonce: str
+    timestamp: float
+    length: int
+    sealed: SealedVector | None
+    scores: tuple[float, ...] | None
+    envelope_sha256: str
+
+
+def _make(
+    kind: PayloadKind,
+    *,
+    signing_key: SigningKey,
+    sender: str,
+    round_id: str,
+    task_id: str,
+    length: int,
+    context_sha256: str | None,
+    ciphertexts: tuple[bytes, ...],
+    scores: tuple[float, ...] | None,
+    now: float | None,
+    rng: Callable[[int], bytes] | None,
+) -> Envelope:
+    for name, value in (("sender", sender), ("round_id", round_id), ("task_id", task_id)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name}: must be a non-empty string")
+    nonce = (rng or secrets.token_bytes)(16).hex()
+    unsigned = Envelope(kind, sender, round_id, task_id, nonce, float(time.time() if now is None else now),
+                        length, context_sha256, ciphertexts, scores, b"")
+    return replace(unsigned, signature=signing_key.sign(unsigned.signed_bytes()))
+
+
+def seal_scores(
+    scores: Sequence[float],
+    context: PublicContext,
+    *,
+    signing_key: SigningKey,
+    sender: str,
+    round_id: str,
+    task_id: str,
+    now: float | None = None,
+    rng: Callable[[int], bytes] | None = None,
+) -> Envelope:
+    """Encrypt ``scores`` under the server's public context and sign the envelope."""
+    sealed = context.encrypt(scores)
+    return _make("ckks", signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
+                 length=sealed.length, context_sha256=sealed.context_sha256, ciphertexts=sealed.chunks,
+                 scores=None, now=now, rng=rng)
+
+
+def sign_plain_scores(
+    scores: Sequence[float],
+    *,
+    signing_key: SigningKey,
+    sender: str,
+    round_id: str,
+    task_id: str,
+    now: float | None = None,
+    rng: Callable[[int], bytes] | None = None,
+) -> Envelope:
+    """Sign scores sent in the clear (``tls-only`` mode: still authenticated, not encrypted)."""
+    values = tuple(float(s) for s in scores)
+    if not values or len(values) > MAX_PLAIN_SCORES or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"scores: need 1..{MAX_PLAIN_SCORES} finite values")
+    return _make("plain", signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
+                 length=len(values), context_sha256=None, ciphertexts=(), scores=values, now=now, rng=rng)
+
+
+def open_envelope(
+    envelope: Envelope | Mapping[str, Any] | bytes,
+    *,
+    verify_key: VerifyKey,
+    nonces: NonceStore,
+    expected_sender: str | None = None,
+    expected_round: str | None = None,
+    expected_task: str | None = None,
+    expected_kind: PayloadKind | None = None,
+    max_age_s: float = DEFAULT_MAX_AGE_S,
+    max_future_s: float = DEFAULT_MAX_FUTURE_S,
+    now: float | None = None,
+) -> OpenedEnvelope:
+    """Verify an envelope from ``verify_key``'s owner; raise :class:`IntegrityError` on any failure."""
+    if isinstance(envelope, Envelope):
+        env = envelope
+    elif isinstance(envelope, bytes | bytearray):
+        env = Envelope.from_bytes(bytes(envelope))
+    else:
+        env = Envelope.from_dict(envelope)
+    verify_key.verify(env.signature, env.signed_bytes())
+    expectations = ((expected_sender, env.sender), (expected_round, env.round_id),
+                    (expected_task, env.task_id), (expected_kind, env.kind))
+    if any(want is not None and want != got for want, got in expectations):
+        raise IntegrityError()
+    current = time.time() if now is None else now
+    if not current - max_age_s <= env.timestamp <= current + max_future_s:
+        raise IntegrityError()
+    if not nonces.check_and_add(env.sender, env.nonce, env.timestamp + max_age_s):
+        raise IntegrityError()
+    sealed = None
+    if env.kind == "ckks":
+        assert env.context_sha256 is not None
+        sealed = SealedVector(env.ciphertexts, env.length, env.context_sha256)
+    return OpenedEnvelope(env.kind, env.sender, env.round_id, env.task_id, env.nonce, env.timestamp,
+                          env.length, sealed, env.scores, env.sha256())

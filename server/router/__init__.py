@@ -1,0 +1,36 @@
+"""The Mixture-of-Rewards router: fuses the client agents' reward scores into one reward.
+
+Routers implement one small interface (:class:`Router`): weights over the agents that answered,
+conditioned on the prompt only, and the fused reward. Kinds: ``uniform`` and ``fixed``
+(baselines, policy-set shares) and ``learned`` (an MLP over the frozen prompt embeddings,
+fitted on public labelled pairs by the Bradley–Terry likelihood of the fused reward).
+Privacy modes and robustness checks wrap a router rather than branching inside it.
+"""
+
+from server.router.base import Router, RouterBase
+from server.router.errors import RouterConfigError, RouterError, RouterInputError, RouterStateError
+from server.router.features import PROMPT_FEATURE_DIM, prompt_features
+from server.router.fixed import FixedRouter, UniformRouter
+from server.router.learned import LearnedRouter
+from server.router.registry import ROUTERS, make_router
+from server.router.training import RouterFitConfig, RouterFitReport, RouterTrainingSet, fit_router
+
+__all__ = [
+    "PROMPT_FEATURE_DIM",
+    "ROUTERS",
+    "FixedRouter",
+    "LearnedRouter",
+    "Router",
+    "RouterBase",
+    "RouterConfigError",
+    "RouterError",
+    "RouterFitConfig",
+    "RouterFitReport",
+    "RouterInputError",
+    "RouterStateError",
+    "RouterTrainingSet",
+    "UniformRouter",
+    "fit_router",
+    "make_router",
+    "prompt_features",
+]

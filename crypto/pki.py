@@ -39,7 +39,8 @@ ROLES: tuple[str, ...] = get_args(Role)
 IDENTITY_SCHEME = "mor"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _EKU = {
-    "server": [ExtendedKeyUsageOID.SERVER_AUTH],
+    # The aggregation server is also a TLS *client* of the key holder (fused-only mode).
+    "server": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
     "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
     "keyholder": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
     "auditor": [ExtendedKeyUsageOID.CLIENT_AUTH],

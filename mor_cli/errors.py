@@ -1,5 +1,9 @@
-"""Re-export of the CLI's one user-facing error, for command modules."""
+"""The CLI's one user-facing error.
 
-from mor_cli.main import CommandError
+Kept in its own module (not in ``main``) so that ``python -m mor_cli.main`` and the ``mor``
+script raise and catch the very same class.
+"""
 
-__all__ = ["CommandError"]
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2, no traceback."""

@@ -13,11 +13,11 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 
+from mor_cli.errors import CommandError
+
 COMMAND_MODULES = ("ca", "policy", "audit", "client", "server", "keyholder", "demo", "eval", "bench")
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 2, no traceback."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

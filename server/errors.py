@@ -8,12 +8,15 @@ they belong to, and redraw the tree)::
      │    ├── VLMBuildError       building the small offline VLM or its tokenizer failed
      │    ├── VLMLoadError        a local checkpoint is missing, unreadable or not a VLM
      │    └── WarmStartError      the supervised warm start was given unusable data/settings
-     └── TrainingError            policy training (GRPO) refused or failed
-          ├── GRPOConfigError     a GRPO setting that must be refused (e.g. beta=0: no KL)
-          └── RewardError         the caller's reward function returned something unusable
+     ├── TrainingError            policy training (GRPO) refused or failed
+     │    ├── GRPOConfigError     a GRPO setting that must be refused (e.g. beta=0: no KL)
+     │    └── RewardError         the caller's reward function returned something unusable
+     ├── ConfigError              a server / key-holder TOML config is missing, malformed or invalid
+     └── KeyHolderError           the fused-only key holder refused or could not be reached
 
-Errors meant for HTTP clients are not here: the FastAPI layer maps to ``HTTPException``
-itself, so programmer errors never leak to the wire as client-facing messages.
+Errors meant for HTTP clients are not here: they are :class:`server.rejections.Rejection`
+(status, code, message; the FastAPI layer turns each into an ``ErrorBody`` reply and an audit
+entry), so programmer errors never leak to the wire as client-facing messages.
 """
 
 from __future__ import annotations
@@ -49,3 +52,11 @@ class GRPOConfigError(TrainingError):
 
 class RewardError(TrainingError):
     """The reward function returned a value of the wrong shape or type."""
+
+
+class ConfigError(ServerError):
+    """A TOML config cannot be used; the message names the file, the key and the reason."""
+
+
+class KeyHolderError(ServerError):
+    """The key holder refused a request or could not be reached (message says which)."""

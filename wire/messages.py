@@ -15,6 +15,19 @@ certificate, never from a field in these messages)::
     GET  /v1/audit/checkpoint      -> SignedCheckpoint
     GET  /v1/audit/proof/{index}   -> InclusionProof
     GET  /v1/status                -> ServerStatus        (and GET /status: the HTML page)
+
+Key holder (fused-only mode; a separate process that owns the CKKS secret key)::
+
+    GET  /v1/context               (octet-stream: the public CKKS context)
+    POST /v1/decrypt-fused         DecryptFusedRequest -> DecryptFusedResponse   (server identity only)
+
+Signed values (receipts, privacy reports) follow one rule: the signature (``signature_b64``,
+Ed25519) covers ``canonical_json`` of the value's JSON object *without* its ``signature_b64``
+key — exactly the object as sent, so a verifier never re-encodes numbers.
+
+Tasks are created by the round coordinator through ``StateStore.create_round`` with a
+:class:`TaskPayload` (``.model_dump()``) per agent; the service turns a row into a
+:class:`ScoringTask`.
 """
 
 from __future__ import annotations
@@ -22,6 +35,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from crypto.canonical import canonical_json
 
 API_VERSION = "v1"
 PrivacyMode = Literal["tls-only", "ckks", "fused-only"]
@@ -99,6 +114,41 @@ class Receipt(WireModel):
     audit_index: int
     audit_leaf_sha256: str
     signature_b64: str = ""
+
+
+    def signed_bytes(self) -> bytes:
+        """What ``signature_b64`` signs: canonical JSON of every other field."""
+        return canonical_json(self.model_dump(mode="json", exclude={"signature_b64"}))
+
+
+class PrivacyReport(BaseModel):
+    """An agent's DP privacy report; extra accountant details are kept (and signed) as sent."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    identity: str = Field(description="the agent's mor:// identity (must equal its certificate's)")
+    epsilon: float = Field(ge=0, description="the accountant's epsilon for the trained reward model")
+    delta: float = Field(ge=0, lt=1)
+    signature_b64: str = Field(description="Ed25519 signature by the enrolling signing key")
+
+
+class TaskPayload(WireModel):
+    """What the coordinator stores per task; ids, mode and times come from the task row."""
+
+    kind: TaskKind
+    prompts: list[PromptPayload]
+    items: list[TaskItem]
+
+
+class DecryptFusedRequest(WireModel):
+    round_id: str = Field(max_length=256, description="which round's fused reward this is (for the log)")
+    sealed: dict[str, Any] = Field(description="crypto.ckks.SealedVector.to_dict() of the fused ciphertext")
+
+
+class DecryptFusedResponse(WireModel):
+    values: list[float] = Field(description="the fused reward, rounded by the key owner")
+    decryptions: int = Field(description="ciphertexts this key holder has decrypted in total")
+    audit_index: int
 
 
 class Ack(WireModel):

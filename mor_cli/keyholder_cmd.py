@@ -1,0 +1,29 @@
+"""``mor keyholder serve --config keyholder.toml``: run the fused-only CKKS key holder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from mor_cli.main import CommandError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("keyholder", help="fused-only CKKS key holder")
+    actions = parser.add_subparsers(dest="keyholder_action", required=True, metavar="ACTION")
+    serve = actions.add_parser("serve", help="serve the key holder over mutual TLS")
+    serve.add_argument("--config", required=True, help="key holder TOML (see server/keyholder/config.py)")
+    serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from crypto.errors import CryptoError
+    from server.errors import ServerError
+    from server.wiring import serve_keyholder
+
+    try:
+        serve_keyholder(args.config, log_level=args.log_level)
+    except (ServerError, CryptoError) as exc:
+        raise CommandError(str(exc)) from None
+    return 0

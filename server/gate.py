@@ -1,0 +1,97 @@
+"""The ASGI gate in front of every route: who is calling, may they, and is the body too big.
+
+Runs before FastAPI parses anything, so an oversized body is refused (413) from its declared
+length or after at most ``max_body_bytes`` have been read — never buffered whole. The
+admitted :class:`~server.admission.Caller` and the body's SHA-256 are left in
+``scope["state"]`` for the routes and for the rejection audit entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from server.admission import Admission, Caller
+from server.mtls import peer_certificate_der
+from server.rejections import Rejection
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RejectFn = Callable[[Scope, Send, Rejection], Awaitable[None]]
+
+UNAUTHENTICATED = "unauthenticated"
+
+
+def caller_of(scope: Scope) -> Caller | None:
+    return (scope.get("state") or {}).get("caller")
+
+
+def actor_of(scope: Scope) -> str:
+    caller = caller_of(scope)
+    return caller.identity if caller else UNAUTHENTICATED
+
+
+def body_sha256_of(scope: Scope) -> str | None:
+    return (scope.get("state") or {}).get("body_sha256")
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope.get("headers") or []:
+        if name == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise Rejection(400, "bad_content_length", "Content-Length is not an integer") from None
+            if declared > limit:
+                raise Rejection(413, "body_too_large", f"request body of {declared} bytes exceeds the policy "
+                                                       f"limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Rejection(400, "client_disconnected", "client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise Rejection(413, "body_too_large", f"request body exceeds the policy limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class Gate:
+    """Pure ASGI middleware: admission + body limit, rejections answered by ``reject``."""
+
+    def __init__(self, app: ASGIApp, *, admission: Admission, max_body_bytes: int, reject: RejectFn) -> None:
+        self.app = app
+        self.admission = admission
+        self.max_body_bytes = max_body_bytes
+        self.reject = reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        try:
+            state["caller"] = self.admission.admit(peer_certificate_der(dict(scope)))
+            body = await _read_body(scope, receive, self.max_body_bytes)
+        except Rejection as rejection:
+            await self.reject(scope, send, rejection)
+            return
+        state["body_sha256"] = hashlib.sha256(body).hexdigest() if body else None
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -1,0 +1,92 @@
+"""The key holder's HTTP API (mutual TLS, same gate and refusal handling as the server).
+
+    GET  /v1/context          the public context (anyone certified)
+    POST /v1/decrypt-fused    DecryptFusedRequest -> DecryptFusedResponse (server identity only)
+    GET  /v1/keyholder/status decryption count and context digest
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
+from pydantic import BaseModel
+
+from crypto.ckks import CKKSKeyOwner, SealedVector
+from crypto.errors import IntegrityError
+from server.admission import Admission, Caller
+from server.gate import Gate
+from server.rejections import Rejection
+from server.replies import install_rejection_handling
+from server.routes.common import any_caller
+from server.services import AuditTrail
+from wire.messages import API_VERSION, DecryptFusedRequest, DecryptFusedResponse
+
+
+@dataclass(frozen=True)
+class KeyHolderServices:
+    owner: CKKSKeyOwner
+    server_identity: str
+    audit: AuditTrail
+    admission: Admission
+    max_body_bytes: int
+
+
+class KeyHolderStatus(BaseModel):
+    context_sha256: str
+    decryptions: int
+    server_identity: str
+
+
+router = APIRouter(prefix="/v1")
+
+
+def _services(request: Request) -> KeyHolderServices:
+    services: KeyHolderServices = request.app.state.services
+    return services
+
+
+@router.get("/context", response_class=Response, responses={200: {"content": {"application/octet-stream": {}}}})
+def context(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> Response:
+    public = _services(request).owner.public_context
+    return Response(public.serialized, media_type="application/octet-stream",
+                    headers={"X-Context-SHA256": public.sha256})
+
+
+@router.post("/decrypt-fused", response_model=DecryptFusedResponse)
+def decrypt_fused(body: DecryptFusedRequest, request: Request,
+                  caller: Annotated[Caller, Depends(any_caller)]) -> DecryptFusedResponse:
+    services = _services(request)
+    if caller.identity != services.server_identity:
+        raise Rejection(403, "not_server", f"{caller.identity} may not request decryptions; only "
+                                           f"{services.server_identity} may")
+    try:
+        sealed = SealedVector.from_dict(body.sealed)
+        values = services.owner.decrypt(sealed)
+    except IntegrityError:
+        raise Rejection(400, "integrity_error", "sealed vector failed verification under this key") from None
+    entry = services.audit.record(caller.identity, "decrypt.fused", {
+        "round_id": body.round_id, "sealed_sha256": hashlib.sha256(sealed.to_bytes()).hexdigest(),
+        "length": sealed.length, "chunks": len(sealed.chunks), "decryptions": services.owner.decryptions,
+        "precision": services.owner.precision,
+    })
+    return DecryptFusedResponse(values=values, decryptions=services.owner.decryptions, audit_index=entry.index)
+
+
+@router.get("/keyholder/status", response_model=KeyHolderStatus)
+def status(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> KeyHolderStatus:
+    services = _services(request)
+    return KeyHolderStatus(context_sha256=services.owner.public_context.sha256,
+                           decryptions=services.owner.decryptions, server_identity=services.server_identity)
+
+
+def create_keyholder_app(services: KeyHolderServices) -> FastAPI:
+    app = FastAPI(title="MoR-Secure key holder", version=API_VERSION, openapi_url=f"/{API_VERSION}/openapi.json",
+                  docs_url=None, redoc_url=None)
+    app.state.services = services
+    reject = install_rejection_handling(app, services.audit.record)
+    app.include_router(router)
+    app.add_middleware(Gate, admission=services.admission, max_body_bytes=services.max_body_bytes, reject=reject)
+    return app

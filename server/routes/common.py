@@ -1,0 +1,43 @@
+"""Dependencies shared by the route modules: the services bundle and the admitted caller."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from server.admission import Caller, require_role
+from server.gate import caller_of
+from server.rejections import Rejection
+from server.services import Services
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def any_caller(request: Request) -> Caller:
+    """The certificate-authenticated caller (the gate admitted it; any role)."""
+    caller = caller_of(request.scope)
+    if caller is None:  # only reachable if the app runs without its gate
+        raise Rejection(401, "no_client_certificate", "a client certificate from the consortium CA is required")
+    return caller
+
+
+def client_caller(request: Request) -> Caller:
+    """A caller with a ``client`` certificate (enrolled or not)."""
+    caller = any_caller(request)
+    require_role(caller, "client")
+    return caller
+
+
+def enrolled_agent(request: Request) -> tuple[Caller, dict[str, Any]]:
+    """A ``client`` caller that has enrolled; refreshes its last-seen time."""
+    caller = client_caller(request)
+    services = services_of(request)
+    agent = services.state.agent(caller.identity)
+    if agent is None:
+        raise Rejection(403, "not_enrolled", f"{caller.identity} has not enrolled: POST /v1/enrol first")
+    services.state.touch_agent(caller.identity, services.clock())
+    return caller, agent

@@ -1,0 +1,83 @@
+"""``POST /v1/enrol``: an agent registers its signing key and its signed DP privacy report.
+
+The report is verified with the key it arrives with (binding key and report), must name the
+certificate's identity (no enrolling on someone else's behalf), and its (ε, δ) must be within
+the consortium policy — an agent whose reward model leaks more than the policy allows is
+refused (403 ``privacy_budget_exceeded``), and the refusal is audited.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
+
+from crypto.canonical import canonical_json
+from crypto.errors import IntegrityError, KeyFileError
+from crypto.signing import VerifyKey
+from server.admission import Caller
+from server.rejections import Rejection
+from server.routes.common import client_caller, services_of
+from wire.messages import EnrolRequest, EnrolResponse, PrivacyReport
+
+router = APIRouter(prefix="/v1", tags=["agents"])
+
+
+def _verify_key(b64: str) -> VerifyKey:
+    try:
+        return VerifyKey.from_bytes(base64.b64decode(b64, validate=True))
+    except (binascii.Error, ValueError, KeyFileError):
+        raise Rejection(422, "bad_signing_key", "signing_public_key_b64: not a base64 raw Ed25519 public key") from None
+
+
+def _privacy_report(raw: dict[str, object], key: VerifyKey) -> PrivacyReport:
+    try:
+        report = PrivacyReport.model_validate(raw)
+    except ValidationError as exc:
+        details = "; ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in exc.errors())
+        raise Rejection(422, "bad_privacy_report", f"privacy_report: {details}") from None
+    unsigned = {k: v for k, v in raw.items() if k != "signature_b64"}
+    try:
+        signature = base64.b64decode(report.signature_b64, validate=True)
+        key.verify(signature, canonical_json(unsigned))
+    except (binascii.Error, ValueError, IntegrityError):
+        raise Rejection(400, "integrity_error",
+                        "privacy_report: signature does not verify with signing_public_key_b64") from None
+    return report
+
+
+@router.post("/enrol", response_model=EnrolResponse, summary="Enrol an agent (signed privacy report)")
+def enrol_agent(body: EnrolRequest, request: Request,
+                caller: Annotated[Caller, Depends(client_caller)]) -> EnrolResponse:
+    services = services_of(request)
+    policy = services.policy
+    key = _verify_key(body.signing_public_key_b64)
+    report = _privacy_report(body.privacy_report, key)
+    if report.identity != caller.identity:
+        raise Rejection(403, "identity_mismatch",
+                        f"privacy report names {report.identity!r} but the certificate is {caller.identity!r}")
+    if report.epsilon > policy.max_epsilon or report.delta > policy.max_delta:
+        raise Rejection(403, "privacy_budget_exceeded",
+                        f"privacy report (epsilon={report.epsilon}, delta={report.delta}) exceeds the policy "
+                        f"budget (epsilon <= {policy.max_epsilon}, delta <= {policy.max_delta})")
+    now = services.clock()
+    services.state.upsert_agent(
+        caller.identity, signing_key_b64=body.signing_public_key_b64, architecture=body.architecture,
+        epsilon=report.epsilon, delta=report.delta, privacy_report=body.privacy_report, now=now,
+    )
+    services.audit.record(caller.identity, "agent.enrolled", {
+        "architecture": body.architecture, "epsilon": report.epsilon, "delta": report.delta,
+        "signing_key_sha256": key.fingerprint(),
+        "privacy_report_sha256": hashlib.sha256(canonical_json(body.privacy_report)).hexdigest(),
+    })
+    prompts, items = services.calibration()
+    return EnrolResponse(
+        agent=caller.identity, privacy_mode=policy.privacy_mode, policy_digest=policy.digest,
+        server_signing_public_key_b64=base64.b64encode(services.signing_key.verify_key().raw()).decode("ascii"),
+        context_sha256=services.public_context.sha256 if services.public_context else None,
+        calibration=items, calibration_prompts=prompts,
+    )

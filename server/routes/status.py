@@ -1,0 +1,53 @@
+"""``GET /v1/status`` (JSON) and ``GET /status`` (a small HTML page) for operators and auditors."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse
+from sqlalchemy import func, select
+
+from server.admission import Caller
+from server.routes.common import any_caller, services_of
+from server.services import Services
+from server.state import rounds, submissions
+from server.status_page import render_status_page
+from wire.messages import AgentStatus, ServerStatus
+
+router = APIRouter(tags=["status"])
+
+
+def server_status(services: Services) -> ServerStatus:
+    """Snapshot of rounds, agents, budgets and the audit head (read-only)."""
+    state, policy, now = services.state, services.policy, services.clock()
+    with state.engine.connect() as conn:
+        per_agent: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+            select(submissions.c.agent, func.count()).group_by(submissions.c.agent)).all())
+        current = conn.execute(select(rounds.c.round_id).where(rounds.c.status == "open")
+                               .order_by(rounds.c.created_at.desc())).scalars().first()
+    agents = [
+        AgentStatus(agent=a["identity"], architecture=a["architecture"], epsilon=a["epsilon"], delta=a["delta"],
+                    epsilon_budget=policy.max_epsilon, last_seen=a["last_seen"],
+                    online=a["last_seen"] is not None and now - a["last_seen"] <= policy.online_window_s,
+                    submissions=int(per_agent.get(a["identity"], 0)))
+        for a in state.list_agents()
+    ]
+    counts = state.round_counts()
+    head = services.audit.checkpoint()
+    return ServerStatus(
+        consortium=policy.consortium, privacy_mode=policy.privacy_mode, policy_digest=policy.digest, agents=agents,
+        rounds_completed=counts.get("fused", 0), rounds_skipped=counts.get("skipped", 0), current_round=current,
+        audit_size=int(head["size"]), audit_root_sha256=str(head["root_sha256"]),
+        router_weights=services.router_weights(),
+    )
+
+
+@router.get("/v1/status", response_model=ServerStatus, summary="Server status (JSON)")
+def status_json(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> ServerStatus:
+    return server_status(services_of(request))
+
+
+@router.get("/status", response_class=HTMLResponse, summary="Server status page (HTML)")
+def status_html(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> HTMLResponse:
+    return HTMLResponse(render_status_page(server_status(services_of(request))))

@@ -1,0 +1,56 @@
+"""``GET /v1/tasks/next?wait=S``: long-poll for the caller's next scoring task.
+
+Agents only make outbound connections, so the server cannot push: the agent asks and the
+request stays open until a task for it exists in the state store (the round coordinator
+writes them) or ``wait`` seconds pass (204). Tasks are read from the durable store on every
+poll, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from server.admission import Caller
+from server.rejections import Rejection
+from server.routes.common import enrolled_agent, services_of
+from server.state import TaskRow
+from wire.messages import ScoringTask, TaskPayload
+
+router = APIRouter(prefix="/v1", tags=["tasks"])
+
+
+def scoring_task(row: TaskRow, privacy_mode: str) -> ScoringTask:
+    """The wire form of a stored task (its payload was written by the coordinator as a TaskPayload)."""
+    try:
+        payload = TaskPayload.model_validate(row.payload)
+    except ValidationError as exc:
+        raise Rejection(500, "internal_error", f"task {row.task_id}: stored payload is invalid") from exc
+    return ScoringTask(task_id=row.task_id, round_id=row.round_id, kind=payload.kind,
+                       privacy_mode=privacy_mode,  # type: ignore[arg-type]
+                       prompts=payload.prompts, items=payload.items, issued_at=row.issued_at, deadline=row.deadline)
+
+
+@router.get("/tasks/next", response_model=ScoringTask, summary="Long-poll for the next scoring task",
+            responses={204: {"description": "no task within `wait` seconds"}})
+async def next_task(request: Request,
+                    agent: Annotated[tuple[Caller, dict[str, Any]], Depends(enrolled_agent)],
+                    wait: Annotated[float, Query(ge=0, description="seconds to wait for a task")] = 0.0,
+                    ) -> ScoringTask | Response:
+    services = services_of(request)
+    caller, _ = agent
+    if wait > services.long_poll_max_s:
+        raise Rejection(422, "validation_error", f"query.wait: at most {services.long_poll_max_s} seconds")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        row = await run_in_threadpool(services.state.next_task, caller.identity, services.clock())
+        if row is not None:
+            return scoring_task(row, services.policy.privacy_mode)
+        if loop.time() >= deadline or await request.is_disconnected():
+            return Response(status_code=204)
+        await asyncio.sleep(min(services.poll_interval_s, max(0.0, deadline - loop.time())))

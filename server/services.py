@@ -1,0 +1,90 @@
+"""Everything the HTTP app needs, built once and handed to :func:`server.app.create_app`.
+
+A small frozen bundle instead of globals, so tests build an app around a temporary store,
+audit log and clock, and so the app cannot reach anything it was not given. What the server
+*may* hold follows the privacy mode: under ``ckks`` a :class:`~crypto.ckks.CKKSKeyOwner`;
+under ``fused-only`` only the key holder's public context (``ckks is None`` — the server
+process never holds a secret key); under ``tls-only`` neither.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from crypto.ckks import CKKSKeyOwner, PublicContext
+from crypto.signing import SigningKey
+from server.admission import Admission
+from server.state import StateStore
+from wire.messages import PrivacyMode, PromptPayload, TaskItem
+
+Clock = Callable[[], float]
+CalibrationSource = Callable[[], tuple[list[PromptPayload], list[TaskItem]]]
+
+
+@dataclass(frozen=True)
+class ServicePolicy:
+    """The slice of the consortium policy the HTTP service enforces (built from ``policies``)."""
+
+    consortium: str
+    digest: str
+    privacy_mode: PrivacyMode
+    max_epsilon: float
+    max_delta: float
+    max_body_bytes: int
+    max_items: int
+    requests_per_s: float
+    burst: int
+    score_min: float
+    score_max: float
+    out_of_range: Literal["clip", "refuse"]
+    allowed_identities: frozenset[str] | None
+    envelope_max_age_s: float = 300.0
+    online_window_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """Where an audit append landed: what receipts and replies cite."""
+
+    index: int
+    leaf_sha256: str
+
+
+class AuditTrail(Protocol):
+    """What the service needs from the audit log (adapted from :mod:`audit` in ``server.wiring``)."""
+
+    def record(self, actor: str, action: str, data: Mapping[str, Any]) -> AuditRecord: ...
+
+    def checkpoint(self) -> dict[str, Any]: ...
+
+    def proof(self, index: int) -> dict[str, Any]: ...
+
+    def size(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Services:
+    """The app's dependencies (see the module docstring)."""
+
+    policy: ServicePolicy
+    state: StateStore
+    audit: AuditTrail
+    signing_key: SigningKey
+    admission: Admission
+    public_context: PublicContext | None
+    ckks: CKKSKeyOwner | None = None
+    calibration: CalibrationSource = field(default=lambda: ([], []))
+    router_weights: Callable[[], dict[str, float]] = field(default=lambda: {})
+    clock: Clock = time.time
+    long_poll_max_s: float = 30.0
+    poll_interval_s: float = 0.2
+
+    def __post_init__(self) -> None:
+        mode = self.policy.privacy_mode
+        if mode == "fused-only" and self.ckks is not None:
+            raise ValueError("fused-only: the server must not hold the CKKS secret key (ckks must be None)")
+        if mode != "tls-only" and self.public_context is None:
+            raise ValueError(f"privacy mode {mode}: a public CKKS context is required")

@@ -1,0 +1,60 @@
+"""A self-contained HTML status page (no scripts, no external assets; every value escaped).
+
+Operators and auditors open it in a browser holding their consortium certificate; it shows
+the same snapshot as ``/v1/status``. Everything interpolated passes through ``html.escape``:
+agent architectures and names come from the outside world.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from html import escape
+
+from wire.messages import ServerStatus
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:1rem 0}
+td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}th{background:#f3f3f3}
+.on{color:#070}.off{color:#a00}code{font-size:.9em}
+"""
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never"
+    return dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_status_page(status: ServerStatus) -> str:
+    """The HTML page for one status snapshot."""
+    agents = [[
+        f"<code>{escape(a.agent)}</code>", escape(a.architecture),
+        f"{a.epsilon:.3g} / {a.epsilon_budget:.3g}", f"{a.delta:.2g}",
+        f"<span class='{'on' if a.online else 'off'}'>{'online' if a.online else 'offline'}</span>",
+        escape(_when(a.last_seen)), str(a.submissions),
+    ] for a in status.agents]
+    weights = [[f"<code>{escape(k)}</code>", f"{v:.4f}"] for k, v in sorted(status.router_weights.items())]
+    summary = [
+        ["consortium", escape(status.consortium)], ["privacy mode", escape(status.privacy_mode)],
+        ["policy digest", f"<code>{escape(status.policy_digest)}</code>"],
+        ["rounds completed / skipped", f"{status.rounds_completed} / {status.rounds_skipped}"],
+        ["current round", escape(status.current_round or "none")],
+        ["audit log size", str(status.audit_size)],
+        ["audit root (sha256)", f"<code>{escape(status.audit_root_sha256)}</code>"],
+    ]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>MoR-Secure status: {escape(status.consortium)}</title><style>{_STYLE}</style></head><body>"
+        f"<h1>MoR-Secure aggregation server</h1>{_table(['', ''], summary)}"
+        f"<h2>Agents ({len(status.agents)})</h2>"
+        + _table(["agent", "architecture", "ε / budget", "δ", "state", "last seen", "submissions"], agents)
+        + "<h2>Router weights</h2>"
+        + (_table(["agent", "weight"], weights) if weights else "<p>not trained yet</p>")
+        + "</body></html>"
+    )

@@ -107,7 +107,9 @@ def test_toml_syntax_error_names_line_and_column() -> None:
         parse_policy('consortium = "x"\n[privacy]\nmax_epsilon = = 3\n', "bad.toml")
 
 
-def test_cli_check_prints_effective_policy_and_fails_precisely(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_check_prints_effective_policy_and_fails_precisely(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["policy", "check", str(builtin_policy_path("finance"))]) == 0
     out = capsys.readouterr().out
     assert "OK  sha256:" in out and 'privacy.mode = "ckks"' in out

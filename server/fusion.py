@@ -1,0 +1,356 @@
+"""Privacy-mode fusion: from the agents' verified envelopes to one reward per item.
+
+Each privacy mode is one function wrapping the router (the router never branches on the
+mode, see :mod:`server.router.base`):
+
+* :func:`fuse_tls_only` — scores arrive in the clear (signed, inside mTLS);
+* :func:`fuse_ckks` — the server's :class:`~crypto.ckks.CKKSKeyOwner` decrypts each agent's
+  vector (every decryption audited); the router may then see per-agent scores;
+* :func:`fuse_fused_only` — the server holds only the public context: it multiplies each
+  agent's ciphertext by the router's input-only weights and adds them homomorphically; a
+  separate key holder decrypts that one fused vector (and logs it). No single agent's score
+  ever exists in plaintext on the server.
+
+Calibration (each agent's mean/std on the public calibration batch) puts every reward model
+on one scale: ``z = (s - mean) / std``. In fused-only mode it is folded into the homomorphic
+weights (``w / std``) and a plaintext offset (``sum w * mean / std``) subtracted after
+decryption, so all three modes compute the same number (to CKKS precision).
+
+The policy's score range is enforced per agent where scores are visible (``refuse``: the
+agent's whole vector is dropped and the others renormalised; ``clip``: clipped and counted).
+In fused-only mode only the fused value is visible; since it is a convex combination of
+calibrated in-range scores it must lie in ``[sum w*lo_k, sum w*hi_k]``: a value outside proves
+an out-of-range score, and that item is refused (reward ``None``) or clipped into the bound.
+
+Errors (under :class:`server.errors.ServerError`)::
+
+    ServerError
+     └── FusionError            envelopes/inputs that cannot be fused (message says why)
+          └── PrivacyModeError  asked for something the privacy mode forbids (e.g. per-agent
+                                scores under fused-only)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+import torch
+
+from crypto.ckks import CKKSKeyOwner, PublicContext, SealedVector
+from crypto.envelope import Envelope
+from crypto.errors import IntegrityError
+from server.errors import ServerError
+from server.router.base import RouterBase
+from server.services import AuditTrail
+from wire.messages import PrivacyMode
+
+RANGE_TOLERANCE = 1e-3  # CKKS noise + the key owner's rounding, well above both
+
+
+class FusionError(ServerError):
+    """Envelopes or inputs that cannot be fused; the message names the agent/argument and why."""
+
+
+class PrivacyModeError(FusionError):
+    """The privacy mode forbids what was asked (e.g. per-agent scores under fused-only)."""
+
+
+class FusedDecryptor(Protocol):
+    """What fused-only mode needs from the key holder (``server.keyholder.client.KeyHolderClient``)."""
+
+    def decrypt_fused(self, sealed: SealedVector, *, round_id: str) -> DecryptedFused: ...
+
+
+class DecryptedFused(Protocol):
+    """The key holder's reply (``wire.messages.DecryptFusedResponse``)."""
+
+    @property
+    def values(self) -> list[float]: ...
+    @property
+    def decryptions(self) -> int: ...
+    @property
+    def audit_index(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """An agent's score scale on the public calibration batch."""
+
+    mean: float
+    std: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise FusionError(f"calibration mean={self.mean}, std={self.std}: need finite mean and std > 0")
+
+
+IDENTITY = Calibration(0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ScoreRange:
+    """The policy's accepted raw score range and what to do with a score outside it."""
+
+    low: float
+    high: float
+    out_of_range: Literal["clip", "refuse"] = "refuse"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low < self.high):
+            raise FusionError(f"score range [{self.low}, {self.high}]: need finite low < high")
+
+
+@dataclass(frozen=True)
+class FusionInput:
+    """One round's material: per-item router features and each answering agent's verified envelope."""
+
+    round_id: str
+    features: torch.Tensor  # [n_items, D]: the features of each item's prompt
+    envelopes: Mapping[str, Envelope]
+    calibrations: Mapping[str, Calibration] = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return int(self.features.shape[0])
+
+
+@dataclass(frozen=True)
+class FusionOutcome:
+    """The fused reward per item (``None``: refused) and what went into it."""
+
+    rewards: list[float | None]
+    agents_used: tuple[str, ...]
+    weights: dict[str, float]  # mean router weight per used agent over the items
+    refused: dict[str, str]  # agent -> reason its scores were not used
+    clipped: dict[str, int]  # agent (or "fused") -> how many values were clipped
+    uncalibrated: tuple[str, ...]
+    decryptions: int  # ciphertexts decrypted for this fusion
+
+
+def _usable(router: RouterBase, inp: FusionInput) -> tuple[dict[str, Envelope], dict[str, str]]:
+    """Envelopes the router can weigh and whose length matches the round; the rest refused by reason."""
+    usable: dict[str, Envelope] = {}
+    refused: dict[str, str] = {}
+    for agent in sorted(inp.envelopes):
+        env = inp.envelopes[agent]
+        if agent not in router.agents:
+            refused[agent] = "not an agent of the current router"
+        elif env.length != inp.n_items:
+            refused[agent] = f"{env.length} scores for {inp.n_items} items"
+        else:
+            usable[agent] = env
+    return usable, refused
+
+
+def _calibration(inp: FusionInput, agent: str) -> Calibration:
+    return inp.calibrations.get(agent, IDENTITY)
+
+
+def _mean_weights(weights: torch.Tensor, agents: Sequence[str]) -> dict[str, float]:
+    return {a: float(weights[:, i].mean()) for i, a in enumerate(agents)}
+
+
+def check_range(vectors: Mapping[str, Sequence[float]], scores: ScoreRange
+                ) -> tuple[dict[str, torch.Tensor], dict[str, str], dict[str, int]]:
+    """Apply the policy's score range to visible per-agent vectors: (kept, refused, clipped counts)."""
+    kept: dict[str, torch.Tensor] = {}
+    refused: dict[str, str] = {}
+    clipped: dict[str, int] = {}
+    for agent, raw in vectors.items():
+        values = torch.tensor(list(raw), dtype=torch.float64)
+        if not bool(torch.isfinite(values).all()):
+            refused[agent] = "non-finite score"
+            continue
+        outside = int(((values < scores.low) | (values > scores.high)).sum())
+        if outside and scores.out_of_range == "refuse":
+            refused[agent] = f"{outside} scores outside [{scores.low}, {scores.high}]"
+            continue
+        if outside:
+            clipped[agent] = outside
+            values = values.clamp(scores.low, scores.high)
+        kept[agent] = values
+    return kept, refused, clipped
+
+
+def _fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Sequence[float]],
+                  scores: ScoreRange, refused: dict[str, str], decryptions: int) -> FusionOutcome:
+    """Range check, calibrate and ``router.fuse`` per-agent plaintext vectors (tls-only and ckks)."""
+    kept, out_of_range, clipped = check_range(vectors, scores)
+    refused = {**refused, **out_of_range}
+    calibrated: dict[str, torch.Tensor] = {}
+    for agent, values in kept.items():
+        cal = _calibration(inp, agent)
+        calibrated[agent] = (values - cal.mean) / cal.std
+    used = tuple(a for a in router.agents if a in calibrated)
+    if not used:
+        return FusionOutcome([None] * inp.n_items, (), {}, refused, clipped, (), decryptions)
+    fused = router.fuse(inp.features, calibrated)
+    weights = router.weights(inp.features, list(used))
+    return FusionOutcome(
+        rewards=[float(v) for v in fused.tolist()], agents_used=used, weights=_mean_weights(weights, used),
+        refused=refused, clipped=clipped, uncalibrated=tuple(a for a in used if a not in inp.calibrations),
+        decryptions=decryptions,
+    )
+
+
+# -- per-agent vectors (tls-only, ckks) ----------------------------------------------------------
+def plain_vectors(envelopes: Mapping[str, Envelope]) -> dict[str, list[float]]:
+    """tls-only: the scores signed in each envelope's header."""
+    out: dict[str, list[float]] = {}
+    for agent, env in envelopes.items():
+        if env.kind != "plain" or env.scores is None:
+            raise FusionError(f"{agent}: a {env.kind!r} envelope where tls-only expects 'plain'")
+        out[agent] = list(env.scores)
+    return out
+
+
+def decrypt_vectors(envelopes: Mapping[str, Envelope], *, key_owner: CKKSKeyOwner, audit: AuditTrail,
+                    round_id: str, actor: str = "server") -> tuple[dict[str, list[float]], int]:
+    """ckks: decrypt each agent's vector with the server's key owner; audit every decryption."""
+    out: dict[str, list[float]] = {}
+    total = 0
+    for agent, env in sorted(envelopes.items()):
+        if env.kind != "ckks" or env.context_sha256 is None:
+            raise FusionError(f"{agent}: a {env.kind!r} envelope where ckks expects 'ckks'")
+        sealed = SealedVector(env.ciphertexts, env.length, env.context_sha256)
+        try:
+            out[agent] = key_owner.decrypt(sealed)
+        except IntegrityError:
+            raise FusionError(f"{agent}: ciphertext does not decrypt under the server's context") from None
+        total += len(sealed.chunks)
+        audit.record(actor, "decrypt.agent", {
+            "round_id": round_id, "agent": agent, "envelope_sha256": env.sha256(), "chunks": len(sealed.chunks),
+            "decryptions_total": key_owner.decryptions,
+        })
+    return out, total
+
+
+# -- the three modes -----------------------------------------------------------------------------
+def fuse_tls_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange) -> FusionOutcome:
+    """tls-only: plaintext scores -> range check -> calibration -> ``router.fuse``."""
+    usable, refused = _usable(router, inp)
+    return _fuse_vectors(router, inp, plain_vectors(usable), scores, refused, decryptions=0)
+
+
+def fuse_ckks(router: RouterBase, inp: FusionInput, *, scores: ScoreRange, key_owner: CKKSKeyOwner,
+              audit: AuditTrail, actor: str = "server") -> FusionOutcome:
+    """ckks: decrypt per agent (audited) -> range check -> calibration -> ``router.fuse``."""
+    usable, refused = _usable(router, inp)
+    vectors, decryptions = decrypt_vectors(usable, key_owner=key_owner, audit=audit, round_id=inp.round_id,
+                                           actor=actor)
+    return _fuse_vectors(router, inp, vectors, scores, refused, decryptions)
+
+
+def fuse_fused_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange, context: PublicContext,
+                    keyholder: FusedDecryptor, audit: AuditTrail, actor: str = "server") -> FusionOutcome:
+    """fused-only: input-only weights x ciphertexts, summed homomorphically; the key holder decrypts the sum."""
+    if not isinstance(context, PublicContext):
+        raise PrivacyModeError("fused-only: the server may hold only a PublicContext (no secret key)")
+    usable, refused = _usable(router, inp)
+    for agent, env in usable.items():
+        if env.kind != "ckks" or env.context_sha256 != context.sha256:
+            raise FusionError(f"{agent}: envelope is not sealed under the key holder's public context")
+    agents = [a for a in router.agents if a in usable]
+    if not agents:
+        return FusionOutcome([None] * inp.n_items, (), {}, refused, {}, (), 0)
+    w = router.weights_for_fused_only(inp.features, agents)  # [n_items, k] float64
+    cals = [_calibration(inp, a) for a in agents]
+    std = torch.tensor([c.std for c in cals], dtype=torch.float64)
+    mean = torch.tensor([c.mean for c in cals], dtype=torch.float64)
+    effective = w / std  # homomorphic weights: calibration's scale folded in
+    offset = (w * mean / std).sum(dim=1)  # calibration's shift, subtracted in plaintext
+    low = (w * (scores.low - mean) / std).sum(dim=1)
+    high = (w * (scores.high - mean) / std).sum(dim=1)
+    sealed = [SealedVector(usable[a].ciphertexts, usable[a].length, context.sha256) for a in agents]
+    try:
+        fused_ct = context.weighted_sum(sealed, effective.T.tolist())
+    except IntegrityError:
+        raise FusionError("an agent's ciphertext does not parse under the key holder's public context") from None
+    reply = keyholder.decrypt_fused(fused_ct, round_id=inp.round_id)
+    if len(reply.values) != inp.n_items:
+        raise FusionError(f"key holder returned {len(reply.values)} values for {inp.n_items} items")
+    audit.record(actor, "decrypt.fused", {
+        "round_id": inp.round_id, "agents": agents, "sealed_sha256": hashlib.sha256(fused_ct.to_bytes()).hexdigest(),
+        "chunks": len(fused_ct.chunks), "keyholder_audit_index": reply.audit_index,
+        "keyholder_decryptions": reply.decryptions,
+    })
+    rewards: list[float | None] = []
+    outside = 0
+    for j, value in enumerate(reply.values):
+        fused = float(value) - float(offset[j])
+        lo, hi = float(low[j]), float(high[j])
+        if lo - RANGE_TOLERANCE <= fused <= hi + RANGE_TOLERANCE:
+            rewards.append(min(max(fused, lo), hi))
+            continue
+        outside += 1
+        rewards.append(None if scores.out_of_range == "refuse" else min(max(fused, lo), hi))
+    return FusionOutcome(
+        rewards=rewards, agents_used=tuple(agents), weights=_mean_weights(w, agents), refused=refused,
+        clipped={"fused": outside} if outside else {},
+        uncalibrated=tuple(a for a in agents if a not in inp.calibrations), decryptions=len(fused_ct.chunks),
+    )
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """One privacy mode bound to its key material: what the round coordinator calls.
+
+    Build with :meth:`tls_only`, :meth:`ckks` or :meth:`fused_only`; each holds only what its
+    mode may hold (fused-only: a public context and a key-holder client, never a secret key).
+    """
+
+    mode: PrivacyMode
+    scores: ScoreRange
+    audit: AuditTrail
+    key_owner: CKKSKeyOwner | None = None
+    context: PublicContext | None = None
+    keyholder: FusedDecryptor | None = None
+    actor: str = "server"
+
+    @classmethod
+    def tls_only(cls, *, scores: ScoreRange, audit: AuditTrail, actor: str = "server") -> Fusion:
+        return cls("tls-only", scores, audit, actor=actor)
+
+    @classmethod
+    def ckks(cls, *, scores: ScoreRange, audit: AuditTrail, key_owner: CKKSKeyOwner, actor: str = "server") -> Fusion:
+        return cls("ckks", scores, audit, key_owner=key_owner, actor=actor)
+
+    @classmethod
+    def fused_only(cls, *, scores: ScoreRange, audit: AuditTrail, context: PublicContext, keyholder: FusedDecryptor,
+                   actor: str = "server") -> Fusion:
+        return cls("fused-only", scores, audit, context=context, keyholder=keyholder, actor=actor)
+
+    def __post_init__(self) -> None:
+        if self.mode == "ckks" and self.key_owner is None:
+            raise PrivacyModeError("ckks: the server's CKKSKeyOwner is required")
+        if self.mode == "fused-only" and (self.key_owner is not None or self.context is None or
+                                          self.keyholder is None):
+            raise PrivacyModeError("fused-only: needs the public context and a key-holder client, and must not "
+                                   "hold a CKKSKeyOwner")
+
+    def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
+        if self.mode == "tls-only":
+            return fuse_tls_only(router, inp, scores=self.scores)
+        if self.mode == "ckks":
+            assert self.key_owner is not None
+            return fuse_ckks(router, inp, scores=self.scores, key_owner=self.key_owner, audit=self.audit,
+                             actor=self.actor)
+        assert self.context is not None and self.keyholder is not None
+        return fuse_fused_only(router, inp, scores=self.scores, context=self.context, keyholder=self.keyholder,
+                               audit=self.audit, actor=self.actor)
+
+    def per_agent(self, round_id: str, envelopes: Mapping[str, Envelope]) -> dict[str, list[float]]:
+        """Each agent's raw scores (calibration and router rounds on public data); refused under fused-only."""
+        if self.mode == "fused-only":
+            raise PrivacyModeError("fused-only: per-agent scores are never decrypted (the key holder decrypts only "
+                                   "fused vectors); calibration is self-reported and the router cannot be fitted "
+                                   "from agent scores in this mode")
+        if self.mode == "tls-only":
+            return plain_vectors(envelopes)
+        assert self.key_owner is not None
+        return decrypt_vectors(envelopes, key_owner=self.key_owner, audit=self.audit, round_id=round_id,
+                               actor=self.actor)[0]

@@ -1,0 +1,284 @@
+"""The server's training run: agents -> calibration -> router -> GRPO, every stage on the record.
+
+Read top to bottom, it is the alignment run of DESIGN.md §"One alignment run", server side:
+
+1. wait until at least ``quorum`` agents are enrolled and live;
+2. calibration round (kind ``calibrate``) on a public batch: the server measures each agent's
+   score mean/std from what the agent actually sends, so calibration matches the scores it
+   fuses. Under ``fused-only`` per-agent scores are never decrypted, so the agents'
+   self-reports (``POST /v1/calibration``) are used instead;
+3. router round (kind ``router``) on ``build_public_pairs``: every agent scores chosen and
+   rejected; the :class:`~server.router.LearnedRouter` is fitted by Bradley–Terry likelihood
+   and ``router.updated`` audited with its digest. Under ``fused-only`` (no per-agent scores)
+   a router fitted earlier is loaded from ``router_path`` or the uniform router is kept;
+4. GRPO via :func:`server.grpo.run_grpo` with the :class:`~server.federated_reward.FederatedReward`;
+   each step goes to ``metrics.jsonl`` and the audit log (``grpo.step``).
+
+:func:`run_training` is what ``mor server run`` calls with the service's :class:`Services`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from tqdm import tqdm
+
+from server.config import FrozenConfig, ServerConfig, load_toml_model
+from server.errors import TrainingError
+from server.fusion import Calibration, FusedDecryptor, Fusion, ScoreRange
+from server.grpo import GRPOResult, GRPORunConfig, run_grpo
+from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration
+from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
+from server.services import Services
+from server.state import StateStore
+
+log = logging.getLogger(__name__)
+
+
+class TrainingSection(FrozenConfig):
+    """``[training]`` of ``training.toml``; relative paths resolve against the file's folder."""
+
+    model_path: Path = Field(description="the (warm-started) policy VLM checkpoint folder")
+    output_dir: Path = Field(description="router, GRPO checkpoints, metrics.jsonl, rounds.jsonl")
+    quorum: int = Field(default=2, ge=1, description="agents that must answer for a round to count")
+    deadline_s: float = Field(default=60.0, gt=0, description="how long a round waits for answers")
+    enrol_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for quorum agents to enrol")
+    router: Literal["learned", "uniform", "fixed"] = "learned"
+    fixed_weights: dict[str, float] | None = Field(default=None, description="router = fixed: agent -> weight")
+    router_path: Path | None = Field(default=None, description="fused-only: a router fitted earlier (safetensors)")
+    router_digest: str | None = Field(default=None, description="refuse router_path unless it has this digest")
+    n_calibration: int = Field(default=48, ge=2, description="public calibration items")
+    n_public_pairs: int = Field(default=120, ge=4, description="public labelled pairs for the router fit")
+    n_prompts: int = Field(default=32, ge=1, description="GRPO training prompts")
+    seed: int = 0
+    group_size: int = Field(default=4, ge=2)
+    per_device_batch: int = Field(default=4, ge=2)
+    max_steps: int = Field(default=10, ge=1)
+    beta: float = Field(default=0.04, gt=0, description="KL weight to the frozen reference (must be > 0)")
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
+    max_completion_length: int = Field(default=32, ge=1)
+    use_lora: bool = True
+
+
+class TrainingFile(FrozenConfig):
+    training: TrainingSection
+    source: Path | None = None
+
+
+def load_training_config(path: str | Path) -> TrainingSection:
+    """Load ``training.toml`` (one precise ConfigError naming file and key on any problem)."""
+    return load_toml_model(path, TrainingFile).training
+
+
+@dataclass
+class TrainingReport:
+    agents: list[str]
+    calibration: dict[str, dict[str, float]]
+    router_digest: str
+    router_fit: dict[str, Any] | None
+    grpo: GRPOResult | None = None
+    metrics_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _fusion(services: Services, keyholder: FusedDecryptor | None) -> Fusion:
+    policy = services.policy
+    scores = ScoreRange(policy.score_min, policy.score_max, policy.out_of_range)
+    if policy.privacy_mode == "tls-only":
+        return Fusion.tls_only(scores=scores, audit=services.audit)
+    if policy.privacy_mode == "ckks":
+        if services.ckks is None:
+            raise TrainingError("privacy mode ckks: the server's CKKS key owner is missing")
+        return Fusion.ckks(scores=scores, audit=services.audit, key_owner=services.ckks)
+    if keyholder is None or services.public_context is None:
+        raise TrainingError("privacy mode fused-only: needs the key holder client and its public context")
+    return Fusion.fused_only(scores=scores, audit=services.audit, context=services.public_context, keyholder=keyholder)
+
+
+def keyholder_client(server_config: ServerConfig) -> Any:
+    """The fused-only key-holder client for this server's config (mutual TLS with the server's certificate)."""
+    from crypto.tls import client_ssl_context
+    from server.keyholder.client import KeyHolderClient
+
+    url = server_config.server.keyholder_url
+    if url is None:
+        raise TrainingError(f"{server_config.source}: [server].keyholder_url is required under fused-only")
+    tls = server_config.tls
+    return KeyHolderClient(url, client_ssl_context(tls.cert, tls.key, tls.ca, tls.crl))
+
+
+def live_agents(state: StateStore, now: float, online_window_s: float) -> list[str]:
+    """Enrolled agents seen within ``online_window_s`` of ``now``."""
+    return [a["identity"] for a in state.list_agents()
+            if a["last_seen"] is not None and now - a["last_seen"] <= online_window_s]
+
+
+def wait_for_agents(services: Services, quorum: int, timeout_s: float,
+                    sleep: Callable[[float], None] = time.sleep) -> list[str]:
+    """Block until ``quorum`` agents are enrolled and live; TrainingError after ``timeout_s``."""
+    window = services.policy.online_window_s
+    deadline = services.clock() + timeout_s
+    with tqdm(total=quorum, desc="agents enrolled", unit="agent", leave=False) as bar:
+        while True:
+            live = live_agents(services.state, services.clock(), window)
+            bar.update(min(len(live), quorum) - bar.n)
+            if len(live) >= quorum:
+                return live
+            if services.clock() >= deadline:
+                raise TrainingError(f"only {len(live)} agents enrolled and live after {timeout_s:.0f} s; "
+                                    f"quorum is {quorum}")
+            sleep(1.0)
+
+
+def calibrate(coordinator: RoundCoordinator, services: Services, config: TrainingSection) -> dict[str, Calibration]:
+    """Stage 2: measured calibration (tls-only/ckks) or the agents' self-reports (fused-only)."""
+    from corpus import build_calibration_set
+
+    if coordinator.fusion.mode != "fused-only":
+        batch = build_calibration_set(config.n_calibration, seed=config.seed)
+        result = coordinator.run_round("calibrate", [p for p, _ in batch], [(i, r) for i, (_, r) in enumerate(batch)])
+        for agent, values in (result.vectors or {}).items():
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+            if std < 1e-9:
+                log.warning("agent %s gives every calibration item the same score: not calibrated", agent)
+                continue
+            measured = {"mean": mean, "std": std, "n": len(values), "source": "server-measured",
+                        "round_id": result.round_id}
+            services.state.set_calibration(agent, measured)
+            services.audit.record(coordinator.actor, "agent.calibration.measured", {"agent": agent, **measured})
+    out: dict[str, Calibration] = {}
+    for row in services.state.list_agents():
+        cal = agent_calibration(row)
+        if cal is not None:
+            out[row["identity"]] = cal
+    return out
+
+
+def fit_router_on_public_pairs(coordinator: RoundCoordinator, calibrations: dict[str, Calibration],
+                               config: TrainingSection) -> tuple[LearnedRouter, dict[str, Any]]:
+    """Stage 3: collect every agent's scores on public pairs and fit the learned router."""
+    from corpus import build_public_pairs
+
+    pairs = build_public_pairs(config.n_public_pairs, seed=config.seed)
+    prompts = list({p.prompt.prompt_id: p.prompt for p in pairs}.values())
+    index = {p.prompt_id: i for i, p in enumerate(prompts)}
+    items = [item for p in pairs for item in ((index[p.prompt.prompt_id], p.chosen),
+                                             (index[p.prompt.prompt_id], p.rejected))]
+    result = coordinator.run_round("router", prompts, items)
+    if result.vectors is None:
+        raise TrainingError(f"router round {result.round_id} skipped: {result.reason}")
+    agents = sorted(result.vectors)
+    z = torch.tensor([[(v - calibrations.get(a, Calibration(0, 1)).mean) / calibrations.get(a, Calibration(0, 1)).std
+                       for v in result.vectors[a]] for a in agents], dtype=torch.float32).T  # [2N, A]
+    features = coordinator.prompt_features([p.prompt for p in pairs])
+    data = RouterTrainingSet(
+        agents=tuple(agents), features=features, chosen=z[0::2], rejected=z[1::2],
+        mask=torch.ones(len(pairs), len(agents), dtype=torch.bool),
+        domains=tuple(p.prompt.domain for p in pairs), groups=tuple(p.prompt.prompt_id for p in pairs),
+    )
+    router = LearnedRouter(agents, feature_dim=int(features.shape[1]), seed=config.seed)
+    report = router.fit(data, RouterFitConfig(seed=config.seed, show_progress=coordinator.show_progress))
+    return router, report.to_dict()
+
+
+def _initial_router(config: TrainingSection, agents: Sequence[str]) -> RouterBase:
+    if config.router == "fixed":
+        return make_router("fixed", agents, weights=config.fixed_weights or {})
+    return make_router("uniform", agents)
+
+
+def run_training(services: Services, config: TrainingSection, *, server_config: ServerConfig | None = None,
+                 keyholder: FusedDecryptor | None = None, features: FeatureFn | None = None,
+                 sleep: Callable[[float], None] = time.sleep, show_progress: bool = True) -> TrainingReport:
+    """The whole server-side run (see the module docstring); returns what it did and where it wrote it."""
+    if services.policy.privacy_mode == "fused-only" and keyholder is None and server_config is not None:
+        keyholder = keyholder_client(server_config)
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    audit, actor = services.audit, "server"
+    fusion = _fusion(services, keyholder)
+    # -- 1. agents --------------------------------------------------------------------------------
+    agents = wait_for_agents(services, config.quorum, config.enrol_timeout_s, sleep)
+    coordinator = RoundCoordinator(
+        state=services.state, audit=audit, fusion=fusion, router=_initial_router(config, agents), features=features,
+        clock=services.clock, sleep=sleep, show_progress=show_progress,
+        policy=RoundPolicy(quorum=config.quorum, deadline_s=config.deadline_s,
+                           online_window_s=services.policy.online_window_s),
+    )
+    audit.record(actor, "training.started", {"agents": agents, "privacy_mode": services.policy.privacy_mode,
+                                             "config": json.loads(config.model_dump_json())})
+    report = TrainingReport(agents=agents, calibration={}, router_digest="", router_fit=None)
+    # -- 2. calibration ---------------------------------------------------------------------------
+    calibrations = calibrate(coordinator, services, config)
+    report.calibration = {a: {"mean": c.mean, "std": c.std} for a, c in calibrations.items()}
+    missing = sorted(set(agents) - set(calibrations))
+    if missing:
+        report.notes.append(f"uncalibrated agents (identity scale used): {missing}")
+    # -- 3. router --------------------------------------------------------------------------------
+    router = coordinator.router
+    if config.router == "learned" and coordinator.fusion.mode != "fused-only":
+        learned, report.router_fit = fit_router_on_public_pairs(coordinator, calibrations, config)
+        learned.save(out / "router.safetensors", overwrite=True)
+        audit.record(actor, "router.updated", {"digest": learned.digest(), "kind": "learned",
+                                               "file": str(out / "router.safetensors"), "fit": report.router_fit})
+        router = learned
+    elif config.router == "learned" and config.router_path is not None:
+        router = LearnedRouter.load(config.router_path, expected_digest=config.router_digest)
+        audit.record(actor, "router.updated", {"digest": router.digest(), "kind": "learned",
+                                               "file": str(config.router_path), "fit": None})
+    else:
+        reason = (f"router = {config.router}" if config.router != "learned" else
+                  "fused-only: per-agent scores are never decrypted, so the router cannot be fitted here; set "
+                  "router_path to a router fitted earlier")
+        report.notes.append(f"router not fitted: {reason}")
+        audit.record(actor, "router.unchanged", {"digest": router.digest(), "kind": router.kind, "reason": reason})
+    coordinator.set_router(router)
+    report.router_digest = router.digest()
+    # -- 4. GRPO ----------------------------------------------------------------------------------
+    report.grpo, report.metrics_path = _grpo(coordinator, services, config)
+    audit.record(actor, "training.finished", {"steps": len(report.grpo.steps), "adapter": str(report.grpo.adapter_path),
+                                              "lora_delta_norm": report.grpo.lora_delta_norm,
+                                              "router_digest": report.router_digest})
+    (out / "training_report.json").write_text(json.dumps({
+        "agents": report.agents, "calibration": report.calibration, "router_digest": report.router_digest,
+        "router_fit": report.router_fit, "notes": report.notes, "adapter": str(report.grpo.adapter_path),
+        "steps": len(report.grpo.steps)}, indent=2, default=str), "utf-8")
+    return report
+
+
+def _grpo(coordinator: RoundCoordinator, services: Services, config: TrainingSection) -> tuple[GRPOResult, Path]:
+    from corpus import build_prompts
+    from server.federated_reward import FederatedReward
+
+    if not (config.model_path / "config.json").is_file():
+        raise TrainingError(f"model_path {config.model_path}: not a model checkpoint folder (no config.json)")
+    out = config.output_dir
+    prompts = build_prompts(config.n_prompts, split="train", seed=config.seed)
+    reward = FederatedReward(coordinator, prompts, step_log=out / "rounds.jsonl")
+    metrics = out / "metrics.jsonl"
+
+    def step_logger(record: dict[str, Any]) -> None:
+        with metrics.open("a", encoding="utf-8") as sink:
+            sink.write(json.dumps(record, sort_keys=True, default=float) + "\n")
+        services.audit.record(coordinator.actor, "grpo.step", {
+            k: record[k] for k in ("step", "reward", "reward_std", "kl", "agents_answered", "round_skipped")
+            if k in record})
+
+    result = run_grpo(
+        model_path=config.model_path, prompts=prompts, reward_fn=reward, step_logger=step_logger,
+        config=GRPORunConfig(output_dir=out / "grpo", group_size=config.group_size, max_steps=config.max_steps,
+                             per_device_batch=config.per_device_batch, beta=config.beta,
+                             learning_rate=config.learning_rate, max_completion_length=config.max_completion_length,
+                             use_lora=config.use_lora, seed=config.seed),
+    )
+    return result, metrics

@@ -37,7 +37,7 @@ from crypto.signing import write_private_file
 Role = Literal["server", "client", "keyholder", "auditor"]
 ROLES: tuple[str, ...] = get_args(Role)
 IDENTITY_SCHEME = "mor"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _EKU = {
     # The aggregation server is also a TLS *client* of the key holder (fused-only mode).
     "server": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -51,7 +51,7 @@ _ENTRY_KEYS = ("name", "role", "identity", "serial", "not_before", "not_after", 
 
 
 def _check_name(what: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise PKIError(f"{what} {value!r}: use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
     return value
 
@@ -64,7 +64,7 @@ def parse_identity(identity: str) -> tuple[str, Role, str]:
     """Split ``mor://<consortium>/<role>/<name>`` into its parts, validating each."""
     prefix = f"{IDENTITY_SCHEME}://"
     parts = identity[len(prefix):].split("/") if identity.startswith(prefix) else []
-    if len(parts) != 3 or parts[1] not in ROLES or not all(_NAME.match(p) for p in (parts[0], parts[2])):
+    if len(parts) != 3 or parts[1] not in ROLES or not all(_NAME.fullmatch(p) for p in (parts[0], parts[2])):
         raise PKIError(f"{identity!r}: not a MoR identity (mor://<consortium>/<role>/<name>)")
     return parts[0], cast(Role, parts[1]), parts[2]
 

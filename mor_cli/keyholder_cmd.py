@@ -1,8 +1,12 @@
-"""``mor keyholder serve --config keyholder.toml``: run the fused-only CKKS key holder."""
+"""``mor keyholder serve --config keyholder.toml``: run the fused-only CKKS key holder.
+
+Stops gracefully on SIGTERM/SIGINT: final signed checkpoint of its audit log, exit 0.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from mor_cli.main import CommandError
@@ -18,12 +22,12 @@ def register(subparsers: Any) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from crypto.errors import CryptoError
     from server.errors import ServerError
-    from server.wiring import serve_keyholder
+    from server.runner import serve_keyholder
 
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         serve_keyholder(args.config, log_level=args.log_level)
-    except (ServerError, CryptoError) as exc:
+    except ServerError as exc:
         raise CommandError(str(exc)) from None
     return 0

@@ -1,15 +1,16 @@
 """``mor server``: run the aggregation server.
 
-    mor server serve --config server.toml     the HTTP service (mutual TLS) on its own
+    mor server serve --config server.toml                          the HTTP API alone
+    mor server run   --config server.toml --training training.toml  the API and the training run
 
-Hook for more actions (the round coordinator's ``run``): a module adds an entry to
-:data:`ACTIONS` — ``ACTIONS["run"] = (add_arguments, handler)`` — before ``register`` is
-called (e.g. at import of ``mor_cli.server_cmd``'s sibling), or edits the dict below.
+Both stop gracefully on SIGTERM/SIGINT (final signed audit checkpoint, exit 0); ``run``
+stops training at a step boundary first (see ``server/runner.py``).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -17,26 +18,49 @@ from mor_cli.main import CommandError
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
+LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
-def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="server TOML (see server/config.py)")
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--training", required=True, help="training TOML with a [training] table (server/trainer.py)")
+    parser.add_argument("--keep-serving", action="store_true",
+                        help="keep the API up after training finishes, until SIGTERM/SIGINT (default: exit)")
+
+
+def _guarded(action: Callable[[], None], log_level: str) -> int:
+    """Run ``action``; every expected failure becomes one CommandError line (exit 2)."""
     from server.errors import ServerError
-    from server.wiring import serve
 
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        serve(args.config, log_level=args.log_level)
+        action()
     except ServerError as exc:
         raise CommandError(str(exc)) from None
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from server.runner import serve
+
+    return _guarded(lambda: serve(args.config, log_level=args.log_level), args.log_level)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from server.runner import run
+
+    return _guarded(lambda: run(args.config, args.training, log_level=args.log_level,
+                                keep_serving=args.keep_serving), args.log_level)
+
+
 ACTIONS: dict[str, tuple[str, AddArguments, Handler]] = {
-    "serve": ("serve the HTTP API over mutual TLS", _serve_arguments, _serve),
+    "serve": ("serve the HTTP API over mutual TLS", _common_arguments, _serve),
+    "run": ("serve the API and run the training run in one process", _run_arguments, _run),
 }
 
 

@@ -136,8 +136,13 @@ class Admission:
         return Caller(identity, consortium, role, name, cert.serial_number)
 
     def admit(self, der: bytes | None) -> Caller:
-        """Identify, then apply revocation, consortium, admission policy and rate limit — in that order."""
+        """Identify, then :meth:`check`."""
         caller = self.identify(der)
+        self.check(caller)
+        return caller
+
+    def check(self, caller: Caller) -> None:
+        """Apply revocation, consortium, admission policy and rate limit — in that order."""
         if self.revocations.is_revoked(caller.serial):
             raise Rejection(403, "certificate_revoked",
                             f"certificate serial {caller.serial:x} of {caller.identity} is revoked")
@@ -148,7 +153,6 @@ class Admission:
             raise Rejection(403, "not_admitted", f"{caller.identity} is not on the admission policy's allow-list")
         if not self.rate_limiter.allow(caller.identity):
             raise Rejection(429, "rate_limited", f"{caller.identity}: too many requests, slow down")
-        return caller
 
 
 def require_role(caller: Caller, role: str) -> None:

@@ -2,8 +2,9 @@
 
 Runs before FastAPI parses anything, so an oversized body is refused (413) from its declared
 length or after at most ``max_body_bytes`` have been read — never buffered whole. The
-admitted :class:`~server.admission.Caller` and the body's SHA-256 are left in
-``scope["state"]`` for the routes and for the rejection audit entries.
+admitted :class:`~server.admission.Caller` (``caller``), the identified peer even when it was
+refused (``peer``: revoked, rate-limited... refusals are recorded under its identity) and the
+body's SHA-256 are left in ``scope["state"]`` for the routes and the rejection audit entries.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ def caller_of(scope: Scope) -> Caller | None:
 
 
 def actor_of(scope: Scope) -> str:
-    caller = caller_of(scope)
-    return caller.identity if caller else UNAUTHENTICATED
+    """Who to record: the certificate's identity — also when admission refused it — or ``unauthenticated``."""
+    peer = (scope.get("state") or {}).get("peer")
+    return peer.identity if isinstance(peer, Caller) else UNAUTHENTICATED
 
 
 def body_sha256_of(scope: Scope) -> str | None:
@@ -79,7 +81,9 @@ class Gate:
             return
         state = scope.setdefault("state", {})
         try:
-            state["caller"] = self.admission.admit(peer_certificate_der(dict(scope)))
+            peer = state["peer"] = self.admission.identify(peer_certificate_der(dict(scope)))
+            self.admission.check(peer)
+            state["caller"] = peer
             body = await _read_body(scope, receive, self.max_body_bytes)
         except Rejection as rejection:
             await self.reject(scope, send, rejection)

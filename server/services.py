@@ -43,6 +43,7 @@ class ServicePolicy:
     allowed_identities: frozenset[str] | None
     envelope_max_age_s: float = 300.0
     online_window_s: float = 120.0
+    insecure_reasons: tuple[str, ...] = ()  # protections the policy switches off (recorded at start-up)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,11 @@ class AuditRecord:
 
 
 class AuditTrail(Protocol):
-    """What the service needs from the audit log (adapted from :mod:`audit` in ``server.wiring``)."""
+    """What the service needs from the audit log (:class:`server.audit_trail.AuditLogTrail` in production).
+
+    ``checkpoint()`` and ``proof(i)`` return the ``wire.messages`` shapes (``SignedCheckpoint``,
+    ``InclusionProof``); ``record`` raises if the entry cannot be written — never drop it silently.
+    """
 
     def record(self, actor: str, action: str, data: Mapping[str, Any]) -> AuditRecord: ...
 

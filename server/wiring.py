@@ -1,43 +1,106 @@
-"""Build the running server (and key holder) from their TOML configs, and serve them.
+"""Build the running server (and key holder) from their TOML configs.
 
 The only place that knows where each dependency comes from: config -> policy, state store,
-audit log, keys, CKKS material by privacy mode, TLS context -> :class:`Services` ->
-``create_app`` -> uvicorn with :class:`server.mtls.MutualTLSProtocol`.
+audit log, keys, CKKS material by privacy mode, TLS context -> :class:`Services`, bundled
+with what must be closed at shutdown in a :class:`ServerRuntime` / :class:`KeyHolderRuntime`.
+Running them (threads, signals, shutdown) is :mod:`server.runner`.
 
 Two seams adapt the sibling packages to the service's narrow views: :func:`service_policy`
 (``policies`` -> :class:`ServicePolicy`) and :func:`open_audit` (``audit`` -> :class:`AuditTrail`).
+Every failure while building is one :class:`~server.errors.ConfigError` naming the file and
+the reason, and an audit log already opened is closed again (it is locked to one writer).
 """
 
 from __future__ import annotations
 
+import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crypto.ckks import CKKSKeyOwner, PublicContext
+from audit import AuditError
+from crypto.ckks import CKKSKeyOwner, CKKSParameters, PublicContext
 from crypto.errors import CryptoError
+from crypto.pki import parse_identity
 from crypto.signing import SigningKey
 from crypto.tls import client_ssl_context, server_ssl_context
+from policies import Policy, PolicyError, load_policy
 from server.admission import Admission, RateLimiter, RevocationList
-from server.config import ServerConfig, load_server_config
-from server.errors import ConfigError, ServerError
-from server.keyholder.config import KeyHolderConfig, load_keyholder_config
-from server.services import AuditTrail, ServicePolicy, Services
+from server.audit_trail import AuditLogTrail
+from server.config import ServerConfig
+from server.errors import ConfigError
+from server.keyholder.app import KeyHolderServices
+from server.keyholder.config import KeyHolderConfig
+from server.services import ServicePolicy, Services
 from server.state import StateStore
+
+BURST_SECONDS = 10  # a client may spend this many seconds' worth of its rate at once
+
+
+def load_consortium_policy(policy_path: Path) -> Policy:
+    """The policy file, validated (InsecurePolicyWarning for pilots); ConfigError naming file and key."""
+    try:
+        return load_policy(policy_path)
+    except PolicyError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def service_policy_of(policy: Policy) -> ServicePolicy:
+    """What the HTTP service enforces, from a loaded policy."""
+    per_s = policy.limits.requests_per_minute / 60.0
+    admitted = policy.admission
+    return ServicePolicy(
+        consortium=policy.consortium, digest=policy.digest(), privacy_mode=policy.privacy.mode,
+        max_epsilon=policy.privacy.max_epsilon, max_delta=policy.privacy.max_delta,
+        max_body_bytes=policy.limits.max_body_bytes, max_items=policy.scores.max_vector_length,
+        requests_per_s=per_s, burst=max(1, round(per_s * BURST_SECONDS)),
+        score_min=policy.scores.min, score_max=policy.scores.max, out_of_range=policy.scores.out_of_range,
+        allowed_identities=None if admitted.allow_all_certified else frozenset(admitted.allowed_identities),
+        insecure_reasons=tuple(policy.insecure_reasons()),
+    )
 
 
 def service_policy(policy_path: Path) -> ServicePolicy:
     """Seam: the consortium policy file -> what the HTTP service enforces."""
-    raise ConfigError(f"{policy_path}: the policies package is not wired into the server yet (server/wiring.py)")
+    return service_policy_of(load_consortium_policy(policy_path))
 
 
-def open_audit(audit_dir: Path, signing_key: SigningKey, *, origin: str) -> AuditTrail:
-    """Seam: the audit package's log in ``audit_dir`` -> the service's :class:`AuditTrail`."""
-    raise ConfigError(f"{audit_dir}: the audit package is not wired into the server yet (server/wiring.py)")
+def open_audit(audit_dir: Path, signing_key: SigningKey, *, origin: str, checkpoint_every: int = 64) -> AuditLogTrail:
+    """Seam: the audit package's log in ``audit_dir`` -> the service's :class:`AuditTrail` (close it!)."""
+    try:
+        return AuditLogTrail.open(audit_dir, signing_key, origin=origin, checkpoint_every=checkpoint_every)
+    except AuditError as exc:
+        raise ConfigError(f"audit log {audit_dir}: {exc}") from None
 
 
-def _ckks_material(config: ServerConfig, mode: str) -> tuple[CKKSKeyOwner | None, PublicContext | None]:
-    section = config.server
+@dataclass
+class ServerRuntime:
+    """The built server: its services, the one audit log they share, and its TLS context."""
+
+    config: ServerConfig
+    policy: Policy
+    services: Services
+    audit: AuditLogTrail
+    ssl_context: ssl.SSLContext
+
+    def close(self) -> None:
+        """Sign the final audit checkpoint and release the log."""
+        self.audit.close()
+
+
+def _check_crl(config: ServerConfig, policy: Policy) -> None:
+    named = policy.admission.revocation_list
+    if named is None:
+        return
+    resolved = named if named.is_absolute() else (config.server.policy.parent / named).resolve()
+    if resolved != config.tls.crl:
+        raise ConfigError(f"{config.server.policy}: admission.revocation_list ({resolved}) is not the CRL the server "
+                          f"checks ([tls].crl = {config.tls.crl} in {config.source}): name the same file in both")
+
+
+def _ckks_material(config: ServerConfig, policy: Policy) -> tuple[CKKSKeyOwner | None, PublicContext | None]:
+    section, mode = config.server, policy.privacy.mode
     if mode == "tls-only":
         return None, None
     if mode == "fused-only":
@@ -50,80 +113,84 @@ def _ckks_material(config: ServerConfig, mode: str) -> tuple[CKKSKeyOwner | None
             return None, client.public_context()
     if section.ckks_secret_context is None:
         raise ConfigError(f"{config.source}: [server].ckks_secret_context: required under privacy mode ckks")
-    path = section.ckks_secret_context
+    path, wanted = section.ckks_secret_context, policy.ckks
+    parameters = CKKSParameters(wanted.poly_modulus_degree, tuple(wanted.coeff_mod_bit_sizes), wanted.scale_bits)
     if path.exists():
-        owner = CKKSKeyOwner.load(path)
+        owner = CKKSKeyOwner.load(path, precision=wanted.release_precision)
+        if owner.parameters != parameters:
+            raise ConfigError(f"{path}: CKKS context has {owner.parameters}; the policy asks for {parameters} "
+                              "(rotate the key: move the file away and restart)")
     else:
-        owner = CKKSKeyOwner.generate()
+        owner = CKKSKeyOwner.generate(parameters, precision=wanted.release_precision)
         owner.save(path)
     return owner, owner.public_context
 
 
-def build_services(config: ServerConfig, *, clock: Any = time.time) -> Services:
-    """Everything the app needs, from a loaded config."""
-    policy = service_policy(config.server.policy)
-    signing_key = SigningKey.load_or_create(config.server.signing_key)
-    audit = open_audit(config.server.audit_dir, signing_key, origin=f"mor://{policy.consortium}/server")
-    owner, public = _ckks_material(config, policy.privacy_mode)
-    admission = Admission(
-        consortium=policy.consortium, revocations=RevocationList(config.tls.crl, config.tls.ca, now=clock),
-        rate_limiter=RateLimiter(policy.requests_per_s, policy.burst), allowed_identities=policy.allowed_identities,
-    )
-    return Services(policy=policy, state=StateStore(config.server.database_url), audit=audit,
-                    signing_key=signing_key, admission=admission, public_context=public, ckks=owner, clock=clock,
-                    long_poll_max_s=config.server.long_poll_max_s)
-
-
-def serve(config_path: str | Path, *, log_level: str = "warning") -> None:
-    """``mor server serve``: run the HTTP API until interrupted."""
-    import uvicorn
-
-    from server.app import create_app
-    from server.mtls import uvicorn_config
-
-    config = load_server_config(config_path)
+def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntime:
+    """Everything the app and the trainer need, from a loaded config; close the result at shutdown."""
+    policy = load_consortium_policy(config.server.policy)
+    _check_crl(config, policy)
+    service = service_policy_of(policy)
     try:
-        services = build_services(config)
         context = server_ssl_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
+        signing_key = SigningKey.load_or_create(config.server.signing_key)
     except CryptoError as exc:
-        raise ServerError(str(exc)) from None
-    services.audit.record("server", "server.started", {"privacy_mode": services.policy.privacy_mode,
-                                                       "policy_digest": services.policy.digest})
-    uvicorn.Server(uvicorn_config(create_app(services), host=config.server.host, port=config.server.port,
-                                  ssl_context=context, log_level=log_level)).run()
+        raise ConfigError(f"{config.source}: {exc}") from None
+    audit = open_audit(config.server.audit_dir, signing_key, origin=f"mor://{policy.consortium}/server",
+                       checkpoint_every=policy.audit.checkpoint_every)
+    try:
+        owner, public = _ckks_material(config, policy)
+        admission = Admission(
+            consortium=policy.consortium, revocations=RevocationList(config.tls.crl, config.tls.ca, now=clock),
+            rate_limiter=RateLimiter(service.requests_per_s, service.burst),
+            allowed_identities=service.allowed_identities,
+        )
+        services = Services(policy=service, state=StateStore(config.server.database_url), audit=audit,
+                            signing_key=signing_key, admission=admission, public_context=public, ckks=owner,
+                            clock=clock, long_poll_max_s=config.server.long_poll_max_s)
+    except (CryptoError, OSError) as exc:
+        audit.close()
+        raise ConfigError(f"{config.source}: {exc}") from None
+    except BaseException:
+        audit.close()
+        raise
+    return ServerRuntime(config=config, policy=policy, services=services, audit=audit, ssl_context=context)
 
 
-def build_keyholder(config: KeyHolderConfig) -> Any:
-    """The key holder's services (loads or creates its secret context)."""
-    from server.keyholder.app import KeyHolderServices
+@dataclass
+class KeyHolderRuntime:
+    """The built key holder: its services, its own audit log and its TLS context."""
 
+    config: KeyHolderConfig
+    services: KeyHolderServices
+    audit: AuditLogTrail
+    ssl_context: ssl.SSLContext
+
+    def close(self) -> None:
+        self.audit.close()
+
+
+def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
+    """The key holder's services (loads or creates its secret context); close the result at shutdown."""
     section = config.keyholder
-    path = section.secret_context
-    owner = CKKSKeyOwner.load(path, precision=section.precision) if path.exists() else None
-    if owner is None:
-        owner = CKKSKeyOwner.generate(precision=section.precision)
-        owner.save(path)
-    signing_key = SigningKey.load_or_create(section.signing_key)
-    from crypto.pki import parse_identity
-
-    consortium = parse_identity(section.server_identity)[0]
+    try:
+        consortium = parse_identity(section.server_identity)[0]
+        context = server_ssl_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
+        signing_key = SigningKey.load_or_create(section.signing_key)
+        if section.secret_context.exists():
+            owner = CKKSKeyOwner.load(section.secret_context, precision=section.precision)
+        else:
+            owner = CKKSKeyOwner.generate(precision=section.precision)
+            owner.save(section.secret_context)
+        admission = Admission(consortium=consortium, revocations=RevocationList(config.tls.crl, config.tls.ca),
+                              rate_limiter=RateLimiter(section.requests_per_s, max(1, int(section.requests_per_s))))
+    except (CryptoError, OSError) as exc:
+        raise ConfigError(f"{config.source}: {exc}") from None
     audit = open_audit(section.audit_dir, signing_key, origin=f"mor://{consortium}/keyholder")
-    admission = Admission(consortium=consortium, revocations=RevocationList(config.tls.crl, config.tls.ca),
-                          rate_limiter=RateLimiter(section.requests_per_s, max(1, int(section.requests_per_s))))
-    return KeyHolderServices(owner=owner, server_identity=section.server_identity, audit=audit,
-                             admission=admission, max_body_bytes=section.max_body_bytes)
+    services = KeyHolderServices(owner=owner, server_identity=section.server_identity, audit=audit,
+                                 admission=admission, max_body_bytes=section.max_body_bytes)
+    return KeyHolderRuntime(config=config, services=services, audit=audit, ssl_context=context)
 
 
-def serve_keyholder(config_path: str | Path, *, log_level: str = "warning") -> None:
-    """``mor keyholder serve``: run the key holder until interrupted."""
-    import uvicorn
-
-    from server.keyholder.app import create_keyholder_app
-    from server.mtls import uvicorn_config
-
-    config = load_keyholder_config(config_path)
-    services = build_keyholder(config)
-    context = server_ssl_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
-    services.audit.record("keyholder", "keyholder.started", {"context_sha256": services.owner.public_context.sha256})
-    uvicorn.Server(uvicorn_config(create_keyholder_app(services), host=config.keyholder.host,
-                                  port=config.keyholder.port, ssl_context=context, log_level=log_level)).run()
+__all__ = ["KeyHolderRuntime", "ServerRuntime", "load_consortium_policy", "open_audit",
+           "open_keyholder", "open_server", "service_policy", "service_policy_of"]

@@ -1,153 +1,111 @@
-"""The HTTP service over real mutual TLS (uvicorn in a thread, real certs, real CKKS).
+"""The wiring, in process: policy -> service rules, the real audit log behind the service, start-up refusals.
 
-The audit log here is a small in-test trail (``ListAudit``) until the ``audit`` package is
-wired in (server/wiring.py seams); the process-level tests (kill -9, `mor server serve`) come
-with that wiring.
+The HTTP behaviour itself (every refusal, receipts, restarts) is tested against real server
+processes in ``test_server_rejections.py``, ``test_server_restart.py`` and
+``test_keyholder_process.py``; here are the pieces those processes are built from, where a
+wrong mapping would be silent: a rate limit, an allow-list, a checkpoint a verifier cannot check.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import threading
-import time
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-import uvicorn
+from helpers.consortium import write_policy
 from helpers.pki import make_pki
-from helpers.procs import free_port
+from helpers.procs import free_port, write_server_config
 
-from crypto.canonical import canonical_json
-from crypto.ckks import CKKSKeyOwner
-from crypto.envelope import seal_scores
+from audit import InvalidProofError, verify_inclusion, verify_log
+from crypto.ckks import CKKSKeyOwner, CKKSParameters
+from crypto.errors import IntegrityError
 from crypto.signing import SigningKey
-from crypto.tls import server_ssl_context
-from server.admission import Admission, RateLimiter, RevocationList
-from server.app import create_app
-from server.mtls import uvicorn_config
-from server.services import AuditRecord, ServicePolicy, Services
-from server.state import StateStore
-from wire.messages import Receipt, TaskPayload
+from mor_cli.main import main
+from policies import builtin_policy_path
+from server.audit_trail import AuditLogTrail, checkpoint_from_wire
+from server.config import load_server_config
+from server.errors import ConfigError
+from server.wiring import open_server, service_policy
+from wire.messages import InclusionProof, SignedCheckpoint
 
 
-class ListAudit:
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, str, dict[str, Any]]] = []
-
-    def record(self, actor: str, action: str, data: Any) -> AuditRecord:
-        self.entries.append((actor, action, dict(data)))
-        leaf = hashlib.sha256(canonical_json([actor, action, dict(data)])).hexdigest()
-        return AuditRecord(len(self.entries) - 1, leaf)
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {"origin": "t", "size": len(self.entries), "root_sha256": "0" * 64, "timestamp": 0.0,
-                "signature_b64": ""}
-
-    def proof(self, index: int) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def size(self) -> int:
-        return len(self.entries)
-
-    def actions(self) -> list[str]:
-        return [a for _, a, _ in self.entries]
+def test_builtin_policies_map_to_the_rules_the_service_enforces() -> None:
+    health = service_policy(builtin_policy_path("healthcare"))
+    assert health.privacy_mode == "fused-only" and health.digest.startswith("sha256:")
+    assert health.allowed_identities == frozenset({f"mor://health-consortium/client/{n}"
+                                                   for n in ("medical", "finance", "detail")})
+    assert (health.requests_per_s, health.burst) == (10.0, 100)  # 600/min, 10 s of it at once
+    assert (health.max_body_bytes, health.max_items, health.out_of_range) == (4_000_000, 4096, "refuse")
+    assert health.insecure_reasons == ()
+    with pytest.warns(UserWarning, match="(?i)insecure"):
+        pilot = service_policy(builtin_policy_path("pilot"))
+    assert pilot.allowed_identities is None and pilot.privacy_mode == "tls-only"
+    assert any("tls-only" in reason for reason in pilot.insecure_reasons)
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    tmp = tmp_path_factory.mktemp("svc")
-    pki = make_pki(tmp)
-    owner = CKKSKeyOwner.generate()
-    policy = ServicePolicy(consortium="testnet", digest="d" * 64, privacy_mode="ckks", max_epsilon=8.0,
-                           max_delta=1e-5, max_body_bytes=2_000_000, max_items=64, requests_per_s=100, burst=100,
-                           score_min=-10, score_max=10, out_of_range="refuse", allowed_identities=None)
-    audit = ListAudit()
-    state = StateStore(f"sqlite:///{tmp / 'state.db'}")
-    services = Services(policy=policy, state=state, audit=audit, signing_key=SigningKey.generate(),
-                        admission=Admission(consortium="testnet", revocations=RevocationList(pki.crl, pki.ca_cert),
-                                            rate_limiter=RateLimiter(100, 100)),
-                        public_context=owner.public_context, ckks=owner)
-    port = free_port()
-    ctx = server_ssl_context(pki.server.cert, pki.server.key, pki.ca_cert, pki.crl)
-    server = uvicorn.Server(uvicorn_config(create_app(services), host="127.0.0.1", port=port, ssl_context=ctx))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    yield pki, services, audit, f"https://127.0.0.1:{port}", tmp
-    server.should_exit = True
-    thread.join(10)
+def test_audit_trail_serves_checkpoints_and_proofs_a_verifier_can_check(tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    trail = AuditLogTrail.open(tmp_path / "audit", key, origin="mor://testnet/server", checkpoint_every=1000)
+    records = [trail.record("mor://testnet/client/a", "submission.accepted",
+                            {"round_id": f"r{i}", "task_id": f"t{i}", "n": i}) for i in range(5)]
+    assert [r.index for r in records] == list(range(5)) and trail.size() == 5
+    head = SignedCheckpoint.model_validate(trail.checkpoint())
+    assert trail.checkpoint() == head.model_dump()  # nothing new: the same signed head, no new line
+    proof = InclusionProof.model_validate(trail.proof(3))
+    checked = checkpoint_from_wire(proof.checkpoint.model_dump(), key.verify_key())
+    assert proof.leaf_sha256 == records[3].leaf_sha256 and checked.size == 5
+    verify_inclusion(proof.leaf_sha256, 3, checked.size, proof.path_sha256, checked.root)
+    with pytest.raises(InvalidProofError):
+        verify_inclusion(records[2].leaf_sha256, 3, checked.size, proof.path_sha256, checked.root)
+    with pytest.raises(IntegrityError):
+        checkpoint_from_wire({**head.model_dump(), "size": 4}, key.verify_key())
+    with pytest.raises(IntegrityError):
+        checkpoint_from_wire(head.model_dump(), SigningKey.generate().verify_key())
+    trail.close()
+    report = verify_log(tmp_path / "audit", key.verify_key())
+    assert report.ok and report.entries == 5 and report.uncovered == 0
+    assert (tmp_path / "audit" / "checkpoints.jsonl").read_text().count("\n") == 1
 
 
-def _enrol(url: str, party: Any, key: SigningKey, epsilon: float = 3.0) -> httpx.Response:
-    report = {"identity": party.identity, "epsilon": epsilon, "delta": 1e-6, "accountant": "prv"}
-    report["signature_b64"] = base64.b64encode(key.sign(canonical_json(report))).decode()
-    body = {"signing_public_key_b64": base64.b64encode(key.verify_key().raw()).decode(),
-            "privacy_report": report, "architecture": "mlp"}
-    with httpx.Client(verify=party.client_context()) as http:
-        return http.post(url + "/v1/enrol", json=body)
+def _config(tmp_path: Path, **policy: object) -> Path:
+    pki = make_pki(tmp_path / "pki")
+    return write_server_config(tmp_path, pki, policy=write_policy(tmp_path / "policy.toml", **policy),  # type: ignore[arg-type]
+                               port=free_port())
 
 
-def test_enrol_task_submit_receipt_and_rejections(world: Any) -> None:
-    pki, services, audit, url, _ = world
-    alice, key = pki.issue("alice"), SigningKey.generate()
-    assert _enrol(url, alice, key, epsilon=50.0).json()["code"] == "privacy_budget_exceeded"
-    assert "reject.privacy_budget_exceeded" in audit.actions()
-    assert _enrol(url, alice, key).status_code == 200
-    http = httpx.Client(verify=alice.client_context(), timeout=30)
-    assert http.get(url + "/v1/context").content == services.public_context.serialized
-    assert http.get(url + "/v1/tasks/next", params={"wait": 0.3}).status_code == 204
-    payload = TaskPayload(kind="score", prompts=[], items=[{"prompt_index": 0, "response": "a"}] * 3).model_dump()
-    services.state.create_round("r1", kind="score", n_items=3, deadline=time.time() + 60, now=time.time(),
-                                task_payloads={alice.identity: ("t1", payload)})
-    task = http.get(url + "/v1/tasks/next", params={"wait": 2}).json()
-    assert task["task_id"] == "t1" and len(task["items"]) == 3
-    env = seal_scores([0.1, 0.2, 0.3], services.public_context, signing_key=key, sender=alice.identity,
-                      round_id="r1", task_id="t1").to_dict()
-    reply = http.post(url + "/v1/submissions", json={"task_id": "t1", "envelope": env})
-    assert reply.status_code == 200, reply.text
-    receipt = Receipt.model_validate(reply.json())
-    services.signing_key.verify_key().verify(base64.b64decode(receipt.signature_b64), receipt.signed_bytes())
-    again = http.post(url + "/v1/submissions", json={"task_id": "t1", "envelope": env})
-    assert again.status_code == 200 and again.json() == reply.json()  # idempotent
-    other = seal_scores([0.1, 0.2, 0.3], services.public_context, signing_key=key, sender=alice.identity,
-                        round_id="r1", task_id="t1").to_dict()
-    assert http.post(url + "/v1/submissions", json={"task_id": "t1", "envelope": other}).status_code == 409
-    forged = dict(env, signature=base64.b64encode(b"\0" * 64).decode())
-    services.state.create_round("r2", kind="score", n_items=3, deadline=time.time() + 60, now=time.time(),
-                                task_payloads={alice.identity: ("t2", payload)})
-    assert http.post(url + "/v1/submissions", json={"task_id": "t2", "envelope": forged}).json()["code"] == \
-        "integrity_error"
-    stale = seal_scores([0.1, 0.2, 0.3], services.public_context, signing_key=key, sender=alice.identity,
-                        round_id="r2", task_id="t2", now=time.time() - 3600).to_dict()
-    assert http.post(url + "/v1/submissions", json={"task_id": "t2", "envelope": stale}).status_code == 400
-    short = seal_scores([0.1, 0.2], services.public_context, signing_key=key, sender=alice.identity,
-                        round_id="r2", task_id="t2").to_dict()
-    assert http.post(url + "/v1/submissions", json={"task_id": "t2", "envelope": short}).json()["code"] == \
-        "wrong_length"
-    replay = http.post(url + "/v1/submissions", json={"task_id": "t2", "envelope": short})
-    assert replay.json()["code"] == "integrity_error"  # nonce already seen
-    big = http.post(url + "/v1/submissions", content=b"x" * 3_000_000, headers={"content-type": "application/json"})
-    assert big.status_code == 413
-    assert {"reject.duplicate_submission", "reject.integrity_error", "reject.body_too_large",
-            "submission.accepted"} <= set(audit.actions())
-    page = http.get(url + "/status")
-    assert page.status_code == 200 and "alice" in page.text
+def test_start_up_refusals_are_precise_and_release_the_audit_log(tmp_path: Path) -> None:
+    config = load_server_config(_config(tmp_path))
+    first = open_server(config)
+    with pytest.raises(ConfigError, match="audit log .*audit"):  # one writer per log directory
+        open_server(config)
+    first.close()
+    open_server(config).close()  # released: a clean restart works
+
+    small = CKKSParameters(poly_modulus_degree=16384, coeff_mod_bit_sizes=(60, 40, 40, 60))
+    secret = config.server.ckks_secret_context
+    assert secret is not None
+    secret.unlink()
+    CKKSKeyOwner.generate(small).save(secret)
+    with pytest.raises(ConfigError, match="policy asks for"):
+        open_server(config)
+    secret.unlink()
+    open_server(config).close()  # the failed start released the log too
+
+    elsewhere = load_server_config(_config(tmp_path / "crl", admission={"allow_all_certified": True,
+                                                                        "revocation_list": "stale-crl.pem"}))
+    with pytest.raises(ConfigError, match="revocation_list .*stale-crl.pem.* is not the CRL the server checks"):
+        open_server(elsewhere)
 
 
-def test_tls_rejections_and_live_revocation(world: Any, tmp_path: Path) -> None:
-    pki, _, audit, url, _ = world
-    stranger = make_pki(tmp_path / "foreign").issue("mallory")
-    with pytest.raises(httpx.HTTPError), httpx.Client(verify=stranger.client_context()) as http:
-        http.get(url + "/v1/status")
-    bob = pki.issue("bob")
-    http = httpx.Client(verify=bob.client_context())
-    assert http.get(url + "/v1/status").status_code == 200
-    pki.revoke("bob")
-    reply = http.get(url + "/v1/status")  # same keep-alive connection: the app re-reads the CRL
-    assert reply.status_code == 403 and reply.json()["code"] == "certificate_revoked"
-    assert "reject.certificate_revoked" in audit.actions()
-    assert http.get(url + "/v1/tasks/next").status_code == 403
+def test_cli_reports_bad_configs_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["server", "serve", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "missing.toml: no such config file" in capsys.readouterr().err
+    config = _config(tmp_path)
+    training = tmp_path / "training.toml"
+    training.write_text("[training]\nmodel_path = 'm'\noutput_dir = 'o'\nmax_steps = 0\n")
+    assert main(["server", "run", "--config", str(config), "--training", str(training)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "training.toml" in err and "max_steps" in err and len(err.splitlines()) == 1
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy.read_text().replace('mode = "ckks"', 'mode = "tls-only"'))
+    assert main(["server", "serve", "--config", str(config)]) == 2
+    assert "privacy.mode" in capsys.readouterr().err

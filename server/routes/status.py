@@ -1,4 +1,10 @@
-"""``GET /v1/status`` (JSON) and ``GET /status`` (a small HTML page) for operators and auditors."""
+"""``GET /v1/status`` (JSON), ``GET /status`` (a small HTML page) and ``GET /v1/status/keys``.
+
+``/v1/status/keys`` lets an auditor check key custody from outside the process: under
+``fused-only`` the server must hold no CKKS secret key (``holds_secret_key`` is false and the
+context it serves at ``/v1/context`` is public-only), under ``ckks`` it holds one and counts
+its decryptions.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
 from server.admission import Caller
@@ -16,6 +23,17 @@ from server.status_page import render_status_page
 from wire.messages import AgentStatus, ServerStatus
 
 router = APIRouter(tags=["status"])
+
+
+class KeyCustody(BaseModel):
+    """Which CKKS key material this server process holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    privacy_mode: str
+    holds_secret_key: bool
+    context_sha256: str | None
+    decryptions: int | None
 
 
 def server_status(services: Services) -> ServerStatus:
@@ -51,3 +69,12 @@ def status_json(request: Request, _caller: Annotated[Caller, Depends(any_caller)
 @router.get("/status", response_class=HTMLResponse, summary="Server status page (HTML)")
 def status_html(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> HTMLResponse:
     return HTMLResponse(render_status_page(server_status(services_of(request))))
+
+
+@router.get("/v1/status/keys", response_model=KeyCustody, summary="Which CKKS key material this server holds")
+def key_custody(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> KeyCustody:
+    services = services_of(request)
+    context = services.public_context
+    return KeyCustody(privacy_mode=services.policy.privacy_mode, holds_secret_key=services.ckks is not None,
+                      context_sha256=context.sha256 if context else None,
+                      decryptions=services.ckks.decryptions if services.ckks else None)

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,11 +42,14 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _write_toml(path: Path, tables: dict[str, dict[str, object]]) -> Path:
-    lines = []
+def write_toml(path: Path, tables: Mapping[str, Mapping[str, object]], top: Mapping[str, object] | None = None) -> Path:
+    """Write ``top`` keys, then one ``[table]`` per entry of ``tables`` (None values are left out)."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in (top or {}).items() if value is not None]
     for table, values in tables.items():
         lines.append(f"[{table}]")
         lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
@@ -68,7 +72,7 @@ def write_server_config(directory: Path, pki: TestPKI, *, policy: Path, port: in
     }
     server.update(server_overrides)
     tls = {"cert": str(pki.server.cert), "key": str(pki.server.key), "ca": str(pki.ca_cert), "crl": str(pki.crl)}
-    return _write_toml(Path(directory) / name, {"server": server, "tls": tls})
+    return write_toml(Path(directory) / name, {"server": server, "tls": tls})
 
 
 def write_keyholder_config(directory: Path, pki: TestPKI, *, port: int, name: str = "keyholder.toml",
@@ -83,7 +87,7 @@ def write_keyholder_config(directory: Path, pki: TestPKI, *, port: int, name: st
     keyholder.update(overrides)
     tls = {"cert": str(pki.keyholder.cert), "key": str(pki.keyholder.key), "ca": str(pki.ca_cert),
            "crl": str(pki.crl)}
-    return _write_toml(Path(directory) / name, {"keyholder": keyholder, "tls": tls})
+    return write_toml(Path(directory) / name, {"keyholder": keyholder, "tls": tls})
 
 
 def _port_of(config: Path, table: str) -> int:
@@ -177,6 +181,15 @@ def start_server(config: Path, *, env: dict[str, str] | None = None, timeout: fl
     config = Path(config)
     return start_service(["server", "serve", "--config", str(config)], port=_port_of(config, "server"),
                          log=log or config.with_suffix(".log"), env=env, timeout=timeout)
+
+
+def start_server_run(config: Path, training: Path, *, env: dict[str, str] | None = None,
+                     timeout: float = START_TIMEOUT_S, log: Path | None = None) -> ServiceProcess:
+    """Start ``mor server run --config config --training training`` and wait until its API listens."""
+    config = Path(config)
+    return start_service(["server", "run", "--config", str(config), "--training", str(training)],
+                         port=_port_of(config, "server"), log=log or config.with_suffix(".run.log"), env=env,
+                         timeout=timeout)
 
 
 def start_keyholder(config: Path, *, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT_S,

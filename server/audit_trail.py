@@ -1,0 +1,92 @@
+"""The service's :class:`~server.services.AuditTrail` over the real :class:`audit.AuditLog`.
+
+Why an adapter and not the log itself: the HTTP layer, the coordinator and the trainer only
+ever *record* and *cite* entries (index + leaf hash in receipts and replies) and hand out the
+signed head and inclusion proofs in the wire shapes of :mod:`wire.messages`. Keeping that view
+narrow lets one process share a single log — the only writer of its directory — between the
+API thread and the training thread.
+
+Wire forms (what ``GET /v1/audit/checkpoint`` and ``/v1/audit/proof/{i}`` return): the
+checkpoint's hex signature travels as base64 and its ``root`` as ``root_sha256``; the signed
+bytes are the audit package's own (:meth:`audit.Checkpoint.signed_bytes`), so a verifier
+rebuilds the :class:`audit.Checkpoint` with :func:`checkpoint_from_wire` and checks it with the
+writer's public key, obtained out of band (for agents: the key in ``EnrolResponse``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from audit import AuditLog, Checkpoint
+from crypto.errors import IntegrityError
+from crypto.signing import SigningKey, VerifyKey
+from server.services import AuditRecord
+
+
+def checkpoint_to_wire(checkpoint: Checkpoint) -> dict[str, Any]:
+    """An audit checkpoint as ``wire.messages.SignedCheckpoint`` fields."""
+    signature = base64.b64encode(bytes.fromhex(checkpoint.signature)).decode("ascii")
+    return {"origin": checkpoint.origin, "size": checkpoint.size, "root_sha256": checkpoint.root,
+            "timestamp": checkpoint.time, "signature_b64": signature}
+
+
+def checkpoint_from_wire(wire: Mapping[str, Any], verify_key: VerifyKey) -> Checkpoint:
+    """Rebuild and verify a wire checkpoint against the log writer's key; IntegrityError if it fails."""
+    try:
+        signature = base64.b64decode(str(wire["signature_b64"]), validate=True).hex()
+        checkpoint = Checkpoint(str(wire["origin"]), int(wire["size"]), str(wire["root_sha256"]),
+                                wire["timestamp"], verify_key.fingerprint(), signature)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise IntegrityError("malformed signed checkpoint") from None
+    verify_key.verify(bytes.fromhex(signature), checkpoint.signed_bytes())
+    return checkpoint
+
+
+class AuditLogTrail:
+    """:class:`~server.services.AuditTrail` backed by one open :class:`audit.AuditLog` (thread-safe)."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self.log = log
+
+    @classmethod
+    def open(cls, directory: Path, signing_key: SigningKey, *, origin: str,
+             checkpoint_every: int = 64) -> AuditLogTrail:
+        """Open (or create, or recover after a crash) the log in ``directory`` as this process's writer."""
+        return cls(AuditLog.open(directory, signing_key=signing_key, origin=origin, checkpoint_every=checkpoint_every))
+
+    def record(self, actor: str, action: str, data: Mapping[str, Any]) -> AuditRecord:
+        round_id, task_id = data.get("round_id"), data.get("task_id")
+        receipt = self.log.append(actor=actor, action=action,
+                                  round_id=round_id if isinstance(round_id, str) else None,
+                                  task_id=task_id if isinstance(task_id, str) else None, details=data)
+        return AuditRecord(receipt.index, receipt.leaf_hash_hex)
+
+    def head(self) -> Checkpoint:
+        """A signed checkpoint covering every entry so far (the last one if it still does, else a new one)."""
+        last = self.log.last_checkpoint
+        if last is not None and last.size == self.log.size:
+            return last
+        return self.log.checkpoint()
+
+    def checkpoint(self) -> dict[str, Any]:
+        return checkpoint_to_wire(self.head())
+
+    def proof(self, index: int) -> dict[str, Any]:
+        """Inclusion proof of entry ``index`` in the tree of the signed head it comes with."""
+        head = self.head()
+        if index >= head.size:  # appended after the head was read: sign one that covers it
+            head = self.log.checkpoint()
+        proof = self.log.inclusion_proof(index, head.size)
+        return {"index": proof.index, "tree_size": proof.tree_size, "leaf_sha256": proof.leaf_hash,
+                "path_sha256": list(proof.path), "checkpoint": checkpoint_to_wire(head)}
+
+    def size(self) -> int:
+        return self.log.size
+
+    def close(self) -> None:
+        """Final signed checkpoint, then release the directory (idempotent)."""
+        self.log.close()

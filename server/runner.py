@@ -1,0 +1,276 @@
+"""Running the parties: ``mor server serve``, ``mor server run``, ``mor keyholder serve``.
+
+Process model of ``mor server run`` — one process, one :class:`audit.AuditLog`, one StateStore:
+
+* The HTTP API (uvicorn) runs in a daemon thread and the training run in the main thread.
+  Why this way round: Python delivers signals to the main thread only. uvicorn off the main
+  thread installs no handlers, so SIGTERM/SIGINT reach :class:`StopFlag`, which only sets a
+  flag. (uvicorn *in* the main thread re-raises the signal after its own shutdown, which kills
+  the process before the audit log is closed.) The API thread stops through ``should_exit``.
+* Training stops cooperatively, at a step boundary: the trainer waits (for agents, for each
+  round's answers) through the ``sleep`` it is given, and that sleep raises
+  :class:`ShutdownRequested` once the flag is set. A GRPO step waits for its scoring round
+  before its optimizer step, so the step in flight is dropped before it changes any weight;
+  finished steps are already checkpointed (``save_steps=1``) and a restart resumes from the
+  last one. The round that was waiting is closed (``round.abandoned``; its tasks expire and
+  late envelopes get 410), and so are rounds left open by a crashed predecessor.
+* Then the API stops (open long-polls get :data:`GRACE_S`), ``server.stopped`` is recorded,
+  the audit log signs its final checkpoint, and the command exits 0. A second signal while
+  stopping is only acknowledged: SIGKILL aborts (the audit log recovers a torn line at the next start).
+
+Stop latency: the flag is seen at the trainer's next wait, so a stop during model loading or
+generation takes effect when that finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from sqlalchemy import select
+
+from server.errors import ServerError
+from server.services import Services
+
+log = logging.getLogger("mor.server")
+GRACE_S = 5.0
+ACTOR = "server"
+
+
+class ShutdownRequested(BaseException):  # noqa: N818 - a request, like KeyboardInterrupt
+    """Raised inside the training run when a stop was requested.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except Exception`` in TRL or
+    transformers swallows it on its way out.
+    """
+
+
+class StopFlag:
+    """SIGTERM/SIGINT -> a flag (handlers installed on enter, restored on exit; main thread only)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self._event.is_set():
+            log.warning("already stopping (%s); send SIGKILL to abort", self.reason)
+            return
+        self.reason = f"signal {signal.Signals(signum).name}"
+        log.warning("%s: stopping at the next step boundary", self.reason)
+        self._event.set()
+
+    def request(self, reason: str) -> None:
+        """Ask for a stop from code (tests, or a fatal condition elsewhere)."""
+        self.reason = self.reason or reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._event.wait(timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """``time.sleep`` that raises :class:`ShutdownRequested` as soon as a stop is requested."""
+        if self._event.wait(max(0.0, seconds)):
+            raise ShutdownRequested(self.reason)
+
+
+class ServiceThread:
+    """One uvicorn server over mutual TLS in a daemon thread."""
+
+    def __init__(self, app: Any, *, host: str, port: int, ssl_context: Any, log_level: str, name: str) -> None:
+        import uvicorn
+
+        from server.mtls import uvicorn_config
+
+        self.name, self.address = name, f"https://{host}:{port}"
+        self.server = uvicorn.Server(uvicorn_config(app, host=host, port=port, ssl_context=ssl_context,
+                                                    log_level=log_level, timeout_graceful_shutdown=int(GRACE_S)))
+        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start serving; ServerError if it cannot (port taken, bad TLS material) within ``timeout``."""
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise ServerError(f"{self.name}: could not serve on {self.address} (see the log above)")
+            time.sleep(0.05)
+        log.warning("%s listening on %s", self.name, self.address)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (at most GRACE_S), join."""
+        self.server.should_exit = True
+        if self.thread.is_alive():
+            self.thread.join(GRACE_S + 10)
+
+
+def serve_until_signal(api: ServiceThread, stop: StopFlag) -> str:
+    """Block until a stop is requested (returns why); ServerError if the API thread dies first."""
+    while not stop.wait(0.5):
+        if not api.alive():
+            raise ServerError(f"{api.name} stopped unexpectedly (see the log above)")
+    return stop.reason
+
+
+def abandon_open_rounds(services: Services, reason: str) -> list[str]:
+    """Close every round still open as skipped (its tasks expire), one ``round.abandoned`` entry each."""
+    from server.state import rounds
+
+    with services.state.engine.connect() as conn:
+        open_ids = list(conn.execute(select(rounds.c.round_id).where(rounds.c.status == "open")).scalars())
+    for round_id in open_ids:
+        services.state.close_round(round_id, status="skipped", outcome={"reason": reason, "abandoned": True})
+        services.audit.record(ACTOR, "round.abandoned", {"round_id": round_id, "reason": reason})
+    return open_ids
+
+
+def _record_start(services: Services, mode: str, **extra: Any) -> None:
+    policy = services.policy
+    services.audit.record(ACTOR, "server.started", {
+        "mode": mode, "privacy_mode": policy.privacy_mode, "policy_digest": policy.digest,
+        "holds_secret_key": services.ckks is not None,
+        "context_sha256": services.public_context.sha256 if services.public_context else None, **extra})
+    if policy.insecure_reasons:
+        services.audit.record(ACTOR, "policy.insecure", {"reasons": list(policy.insecure_reasons)})
+        for reason in policy.insecure_reasons:
+            log.warning("INSECURE POLICY: %s", reason)
+
+
+def _api(runtime: Any, app: Any, section: Any, log_level: str, name: str) -> ServiceThread:
+    return ServiceThread(app, host=section.host, port=section.port, ssl_context=runtime.ssl_context,
+                         log_level=log_level, name=name)
+
+
+def serve(config_path: str | Path, *, log_level: str = "warning") -> None:
+    """``mor server serve``: the HTTP API alone, until SIGTERM/SIGINT."""
+    from server.app import create_app
+    from server.config import load_server_config
+    from server.wiring import open_server
+
+    with StopFlag() as stop:
+        runtime = open_server(load_server_config(config_path))
+        reason = "start-up failed"
+        try:
+            _record_start(runtime.services, "serve")
+            api = _api(runtime, create_app(runtime.services), runtime.config.server, log_level, "mor-server-api")
+            try:
+                api.start()
+                reason = serve_until_signal(api, stop)
+            finally:
+                api.stop()
+        finally:
+            _close(runtime, ACTOR, "server.stopped", {"reason": reason})
+
+
+def run(config_path: str | Path, training_path: str | Path, *, log_level: str = "warning",
+        keep_serving: bool = False) -> None:
+    """``mor server run``: the HTTP API (thread) and the training run (main thread); see the module docstring."""
+    from server.app import create_app
+    from server.config import load_server_config
+    from server.trainer import load_training_config, run_training
+    from server.wiring import open_server
+
+    with StopFlag() as stop:
+        config = load_server_config(config_path)
+        training = load_training_config(training_path)
+        runtime = open_server(config)
+        services, reason = runtime.services, "start-up failed"
+        try:
+            _record_start(services, "run", training_config=str(Path(training_path).resolve()))
+            abandon_open_rounds(services, "the server restarted: a round of the previous process cannot be fused")
+            api = _api(runtime, create_app(services), config.server, log_level, "mor-server-api")
+            try:
+                api.start()
+                reason = _train(services, training, config, api, stop, run_training)
+                if keep_serving and not stop.is_set():
+                    reason = serve_until_signal(api, stop)
+            finally:
+                api.stop()
+        finally:
+            _close(runtime, ACTOR, "server.stopped", {"reason": reason})
+
+
+def _train(services: Services, training: Any, config: Any, api: ServiceThread, stop: StopFlag,
+           run_training: Callable[..., Any]) -> str:
+    """The training run with a stop-aware sleep; returns why it ended (raises if it failed)."""
+
+    def sleep(seconds: float) -> None:
+        stop.sleep(seconds)
+        if not api.alive():
+            raise ServerError(f"{api.name} stopped unexpectedly: agents can no longer reach the server")
+
+    try:
+        if stop.is_set():
+            raise ShutdownRequested(stop.reason)
+        report = run_training(services, training, server_config=config, sleep=sleep)
+    except ShutdownRequested as exc:
+        reason = str(exc) or "stop requested"
+        services.audit.record(ACTOR, "training.stopped", {"reason": reason})
+        abandon_open_rounds(services, f"server stopping ({reason})")
+        return reason
+    except BaseException as exc:
+        services.audit.record(ACTOR, "training.failed", {"error": f"{type(exc).__name__}: {exc}"})
+        abandon_open_rounds(services, "training failed")
+        raise
+    log.warning("training finished: %s steps, adapter %s", len(report.grpo.steps) if report.grpo else 0,
+                report.grpo.adapter_path if report.grpo else None)
+    return "training finished"
+
+
+def _close(runtime: Any, actor: str, action: str, data: dict[str, Any]) -> None:
+    """Record the stop, then close the audit log (final signed checkpoint) whatever happens."""
+    try:
+        runtime.audit.record(actor, action, data)
+    finally:
+        runtime.close()
+        log.warning("%s: %s; audit log closed at %d entries (final checkpoint signed)", actor, data.get("reason"),
+                    runtime.audit.size())
+
+
+def serve_keyholder(config_path: str | Path, *, log_level: str = "warning") -> None:
+    """``mor keyholder serve``: the fused-only key holder, until SIGTERM/SIGINT."""
+    from server.keyholder.app import create_keyholder_app
+    from server.keyholder.config import load_keyholder_config
+    from server.wiring import open_keyholder
+
+    with StopFlag() as stop:
+        runtime = open_keyholder(load_keyholder_config(config_path))
+        reason = "start-up failed"
+        try:
+            runtime.audit.record("keyholder", "keyholder.started", {
+                "context_sha256": runtime.services.owner.public_context.sha256,
+                "server_identity": runtime.services.server_identity})
+            app = create_keyholder_app(runtime.services)
+            api = _api(runtime, app, runtime.config.keyholder, log_level, "mor-keyholder-api")
+            try:
+                api.start()
+                reason = serve_until_signal(api, stop)
+            finally:
+                api.stop()
+        finally:
+            _close(runtime, "keyholder", "keyholder.stopped", {"reason": reason,
+                                                                "decryptions": runtime.services.owner.decryptions})

@@ -1,0 +1,1 @@
+"""In-process simulation and experiment harnesses (no network): evaluation of the fusion choices."""

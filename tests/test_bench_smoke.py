@@ -1,0 +1,76 @@
+"""`mor bench --smoke` keeps working: real CKKS, real Opacus, a real `mor server serve` with agent processes.
+
+The smoke configuration is the benchmark itself at toy sizes (sections 2 ckks, 3 dp, 4 ingest,
+5 scaling; 1 and 6 take longer than this suite's budget and run with `mor bench`). What a
+user of the numbers cares about: every figure is a finite, positive ratio to a baseline from
+the same run, and under load the server lost nothing — accepted = receipts = rows = audit entries.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _mor(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-c", ENTRY, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
+    out = tmp_path_factory.mktemp("bench")
+    done = _mor("bench", "--smoke", "--sections", "2,3,4,5", "--repeats", "1", "--out", str(out))
+    return done, json.loads((out / "bench.json").read_text())
+
+
+def test_every_figure_is_a_finite_positive_ratio(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    done, report = smoke
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert report["failed"] == {}
+    sections = {f["section"].split()[0] for f in report["figures"]}
+    assert sections == {"2", "3", "4", "5"}
+    for figure in report["figures"]:
+        for key in ("value", "baseline", "ratio", "ratio_min", "ratio_max"):
+            assert math.isfinite(figure[key]) and figure[key] > 0, (figure["name"], key, figure[key])
+        assert figure["ratio_min"] <= figure["ratio"] <= figure["ratio_max"]
+    assert report["machine"]["cores"] and report["command"].startswith("mor bench")
+    assert "| section | figure |" in done.stdout  # the table is printed
+
+
+def test_ckks_costs_more_than_plain_and_shrinks_per_score(smoke: tuple[subprocess.CompletedProcess[str], dict]
+                                                          ) -> None:
+    figures = {f["name"]: f for f in smoke[1]["figures"]}
+    small, large = figures["N8192 n=64 wire"], figures["N8192 n=4096 wire"]
+    assert small["ratio"] > 1 and large["ratio"] > 1  # a ciphertext is bigger than the plain scores
+    assert large["value"] < small["value"]  # packing amortises: fewer bytes per score in a full vector
+    assert figures["N8192 n=64 seal+open"]["extra"]["max_abs_error"] < 1e-3
+
+
+def test_ingest_lost_nothing(smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    checks = smoke[1]["checks"]["4"]
+    assert checks["nothing_lost"] is True
+    levels = {k: v for k, v in checks.items() if k != "nothing_lost"}
+    assert levels, "no ingest level ran"
+    for name, c in levels.items():
+        assert c["accepted"] > 0, name
+        assert c["accepted"] == c["receipts_valid"] == c["db_rows"] == c["audit_entries"], (name, c)
+    assert smoke[1]["checks"]["5"]["rounds_skipped"] == 0
+
+
+def test_bad_arguments_are_one_line_errors() -> None:
+    done = _mor("bench", "--sections", "9", timeout=60)
+    assert done.returncode == 2 and "each section is 1..6" in done.stderr
+    done = _mor("bench", "--repeats", "0", "--sections", "2", timeout=60)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "--repeats 0" in done.stderr

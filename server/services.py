@@ -85,7 +85,7 @@ class Services:
     router_weights: Callable[[], dict[str, float]] = field(default=lambda: {})
     clock: Clock = time.time
     long_poll_max_s: float = 30.0
-    poll_interval_s: float = 0.2
+    poll_interval_s: float = 0.05
 
     def __post_init__(self) -> None:
         mode = self.policy.privacy_mode

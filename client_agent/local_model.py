@@ -1,0 +1,125 @@
+"""The agent's reward model on disk: train it under DP once, then load it, checked, for every run.
+
+``train_reward_model`` is the whole of ``mor client train``: private pairs (corpus on-disk
+format) -> the configured architecture -> :func:`client_agent.dp.train_private` within the
+agent's local budget *and* the consortium maximum -> the model and its signed privacy report
+in the state directory. ``load_trained`` refuses a model and report that do not belong
+together (report signed by another key, for another identity, or for other weights), so the
+agent can never enrol with a privacy claim about a model it is not running.
+
+What the server sees (:func:`wire_privacy_report`): the accounting fields of the report, the
+model's weight digest and the digest of the full local report — not the architecture, unless
+``[model].disclose_architecture`` says so (members' reward models stay opaque by default).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from client_agent.config import AgentConfig
+from client_agent.dp import PrivacyBudget, PrivateTrainingResult, train_private
+from client_agent.errors import PrivacyReportError
+from client_agent.privacy_report import PrivacyReport, SignedPrivacyReport
+from client_agent.rewards.base import RewardModel
+from client_agent.rewards.registry import ARCHITECTURES, load_reward_model
+from crypto.canonical import canonical_json
+from crypto.errors import IntegrityError
+from crypto.signing import SigningKey
+
+UNDISCLOSED = "undisclosed"
+
+
+def build_reward_model(config: AgentConfig) -> RewardModel:
+    """A fresh, untrained model of the configured architecture."""
+    cls = ARCHITECTURES[config.model.arch]
+    if config.model.arch == "lora-minilm":  # its __init__ takes a loaded encoder: build from the bundled one
+        return cls.from_pretrained(**config.model.params)  # type: ignore[attr-defined, no-any-return]
+    return cls(**config.model.params)
+
+
+def train_reward_model(config: AgentConfig, *, identity: str, signing_key: SigningKey, progress: bool = True,
+                       now: datetime | None = None) -> tuple[RewardModel, SignedPrivacyReport, PrivateTrainingResult]:
+    """Train under DP on ``[agent].data_dir``; save the model and the signed report in ``state_dir``."""
+    import torch
+
+    from corpus.store import load_pairs
+
+    pairs = load_pairs(config.agent.data_dir)
+    policy = config.consortium_policy()
+    model = build_reward_model(config)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.training.lr)
+    result = train_private(
+        model=model, optimizer=optimizer, train_pairs=pairs,
+        budget=PrivacyBudget(config.privacy.epsilon, config.privacy.delta),
+        max_budget=PrivacyBudget(policy.privacy.max_epsilon, policy.privacy.max_delta),
+        epochs=config.training.epochs, batch_size=min(config.training.batch_size, len(pairs)),
+        max_grad_norm=config.training.max_grad_norm, accountant=config.privacy.accountant,
+        secure_mode=not config.agent.insecure_pilot, insecure_pilot=config.agent.insecure_pilot,
+        clipping=config.training.clipping, seed=config.training.seed, progress=progress,
+    )
+    model.save(config.model_dir)
+    signed = PrivacyReport.from_training(result, agent_id=identity, model_digest=model.model_digest(),
+                                         now=now).sign(signing_key)
+    _write_atomically(config.privacy_report_path, signed.to_json().encode())
+    return model, signed, result
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_report(config: AgentConfig, signing_key: SigningKey, *, identity: str) -> SignedPrivacyReport:
+    """The signed report in ``state_dir``, verified as this agent's own."""
+    path = config.privacy_report_path
+    try:
+        text = path.read_text("utf-8")
+    except FileNotFoundError:
+        raise PrivacyReportError(f"{path}: no privacy report: run `mor client train` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrivacyReportError(f"{path}: cannot read: {exc}") from None
+    signed = SignedPrivacyReport.from_json(text, source=str(path))
+    try:
+        report = signed.verify(signing_key.verify_key())
+    except IntegrityError:
+        raise PrivacyReportError(f"{path}: not signed by this agent's signing key ({config.signing_key_path})") \
+            from None
+    if report.agent_id != identity:
+        raise PrivacyReportError(f"{path}: report is for {report.agent_id!r}, this agent is {identity!r}")
+    return signed
+
+
+def load_trained(config: AgentConfig, signing_key: SigningKey, *, identity: str
+                 ) -> tuple[RewardModel, SignedPrivacyReport]:
+    """The trained model and its report; refuses a pair that does not belong together."""
+    signed = load_report(config, signing_key, identity=identity)
+    model = load_reward_model(config.model_dir)
+    if model.model_digest() != signed.report.model_digest:
+        raise PrivacyReportError(f"{config.privacy_report_path}: report is for model {signed.report.model_digest[:16]}…"
+                                 f" but {config.model_dir} holds {model.model_digest()[:16]}… (retrain)")
+    return model, signed
+
+
+def wire_privacy_report(signed: SignedPrivacyReport, *, identity: str, signing_key: SigningKey,
+                        disclose_architecture: bool) -> dict[str, Any]:
+    """The report as ``wire.messages.PrivacyReport``: signed over canonical JSON of all other keys."""
+    fields = signed.report.model_dump(mode="json")
+    fields.pop("agent_id")
+    if not disclose_architecture:
+        fields["model_arch"] = UNDISCLOSED
+    body: dict[str, Any] = {
+        "identity": identity, **fields,
+        "local_report_sha256": hashlib.sha256(signed.to_json().encode()).hexdigest(),
+    }
+    body["signature_b64"] = base64.b64encode(signing_key.sign(canonical_json(body))).decode("ascii")
+    return body

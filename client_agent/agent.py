@@ -283,6 +283,10 @@ class Agent:
         self.record("task.refused", outcome="refused", task=task,
                     details={"code": code, "reason": reason, "n_items": len(task.items)})
         self.summary.refused += 1
+        try:  # take it out of our queue on the server, or it is re-delivered until its deadline
+            self.channel.decline(task.task_id, code, reason)
+        except ServerRefusedError as exc:
+            log.info("server did not take the decline of %s: %s %s", task.task_id, exc.status, exc.code)
 
     def _submit(self, entry: LedgerEntry, session: Session) -> None:
         assert entry.envelope is not None and entry.envelope_sha256 is not None

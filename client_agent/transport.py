@@ -50,6 +50,7 @@ from wire.messages import (
     ScoringTask,
     SignedCheckpoint,
     Submission,
+    TaskDecline,
 )
 
 log = logging.getLogger(__name__)
@@ -214,6 +215,10 @@ class ServerChannel:
         """Long-poll: a task, or None when the server had none within ``wait_s``."""
         reply = self.request("GET", "/v1/tasks/next", params={"wait": wait_s})
         return None if reply.status_code == 204 else _parse(reply, ScoringTask)
+
+    def decline(self, task_id: str, code: str, reason: str) -> Ack:
+        return self._call("POST", f"/v1/tasks/{task_id}/decline", Ack,
+                          json=TaskDecline(code=code, reason=reason[:1000]).model_dump(mode="json"))
 
     def submit(self, submission: Submission) -> Receipt:
         return self._call("POST", "/v1/submissions", Receipt, json=submission.model_dump(mode="json"))

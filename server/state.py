@@ -71,7 +71,7 @@ tasks = Table(
     Column("payload", Text, nullable=False),
     Column("issued_at", Float, nullable=False),
     Column("deadline", Float, nullable=False),
-    Column("status", String(20), nullable=False),  # pending | delivered | submitted | expired
+    Column("status", String(20), nullable=False),  # pending | delivered | submitted | expired | declined
 )
 
 submissions = Table(
@@ -222,6 +222,15 @@ class StateStore:
             payload=json.loads(row["payload"]), issued_at=row["issued_at"], deadline=row["deadline"],
             status=row["status"],
         )
+
+    def decline_task(self, task_id: str, agent: str) -> bool:
+        """Mark a live task of ``agent`` declined so it leaves the agent's queue; False if not live."""
+        with self._tx() as conn:
+            result = conn.execute(update(tasks).where(
+                (tasks.c.task_id == task_id) & (tasks.c.agent == agent)
+                & (tasks.c.status.in_(("pending", "delivered")))
+            ).values(status="declined"))
+        return bool(result.rowcount)
 
     # -- submissions ------------------------------------------------------------------------
     def record_submission(

@@ -188,3 +188,22 @@ def test_rate_limit_answers_429_with_retry_after(pilot: World) -> None:
     assert [r.status_code for r in replies[:10]] == [200] * 10
     assert limited and all(r.json()["code"] == "rate_limited" and r.headers["Retry-After"] for r in limited)
     assert actions(audit_report(pilot.config), erin.identity)["reject.rate_limited"] == len(limited)
+
+
+def test_declined_task_leaves_the_queue_and_is_audited(ckks: World) -> None:
+    frank, grace = ckks.agent("frank"), ckks.agent("grace-d")
+    assert frank.enrol().status_code == 200 and grace.enrol().status_code == 200
+    _, too_big = issue_task(ckks.db, frank.identity, n_items=3)
+    _, next_one = issue_task(ckks.db, frank.identity, n_items=2)
+    assert frank.http.get("/v1/tasks/next").json()["task_id"] == too_big
+    body = {"code": "task_too_large", "reason": "3 items; the local limit is 2"}
+    stolen = grace.http.post(f"/v1/tasks/{too_big}/decline", json=body)
+    assert (stolen.status_code, stolen.json()["code"]) == (403, "not_your_task")
+    declined = frank.http.post(f"/v1/tasks/{too_big}/decline", json=body)
+    assert declined.status_code == 200, declined.text
+    assert frank.http.get("/v1/tasks/next").json()["task_id"] == next_one  # no longer blocks the queue
+    again = frank.http.post(f"/v1/tasks/{too_big}/decline", json=body)
+    assert (again.status_code, again.json()["code"]) == (410, "task_closed")
+    bad = frank.http.post(f"/v1/tasks/{next_one}/decline", json={"code": "Not A Code", "reason": "x"})
+    assert bad.status_code == 422
+    assert actions(audit_report(ckks.config), frank.identity)["task.declined"] == 1

@@ -11,6 +11,7 @@ certificate, never from a field in these messages)::
     GET  /v1/context               (octet-stream: the public CKKS context)
     POST /v1/calibration           CalibrationReport   -> Ack
     GET  /v1/tasks/next?wait=S     -> ScoringTask (200) | 204 when none within S seconds
+    POST /v1/tasks/{id}/decline    TaskDecline         -> Ack  (the agent's local policy refuses it)
     POST /v1/submissions           Submission          -> Receipt
     GET  /v1/audit/checkpoint      -> SignedCheckpoint
     GET  /v1/audit/proof/{index}   -> InclusionProof
@@ -149,6 +150,13 @@ class DecryptFusedResponse(WireModel):
     values: list[float] = Field(description="the fused reward, rounded by the key owner")
     decryptions: int = Field(description="ciphertexts this key holder has decrypted in total")
     audit_index: int
+
+
+class TaskDecline(WireModel):
+    """An agent's refusal of a task under its local policy: the task leaves its queue (audited)."""
+
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    reason: str = Field(max_length=1000)
 
 
 class Ack(WireModel):

@@ -19,7 +19,7 @@ from server.admission import Caller
 from server.rejections import Rejection
 from server.routes.common import enrolled_agent, services_of
 from server.state import TaskRow
-from wire.messages import ScoringTask, TaskPayload
+from wire.messages import Ack, ScoringTask, TaskDecline, TaskPayload
 
 router = APIRouter(prefix="/v1", tags=["tasks"])
 
@@ -54,3 +54,21 @@ async def next_task(request: Request,
         if loop.time() >= deadline or await request.is_disconnected():
             return Response(status_code=204)
         await asyncio.sleep(min(services.poll_interval_s, max(0.0, deadline - loop.time())))
+
+
+@router.post("/tasks/{task_id}/decline", response_model=Ack, summary="Decline a task the agent's local policy refuses")
+async def decline_task(task_id: str, body: TaskDecline, request: Request,
+                       agent: Annotated[tuple[Caller, dict[str, Any]], Depends(enrolled_agent)]) -> Ack:
+    """Without this, a refused task would be re-delivered until its deadline and block newer ones."""
+    services = services_of(request)
+    caller, _ = agent
+    row = await run_in_threadpool(services.state.task, task_id)
+    if row is None:
+        raise Rejection(404, "unknown_task", f"task {task_id!r} does not exist")
+    if row.agent != caller.identity:
+        raise Rejection(403, "not_your_task", f"task {task_id!r} was issued to another agent")
+    if not await run_in_threadpool(services.state.decline_task, task_id, caller.identity):
+        raise Rejection(410, "task_closed", f"task {task_id!r} is no longer open (status {row.status})")
+    entry = services.audit.record(caller.identity, "task.declined", {
+        "round_id": row.round_id, "task_id": task_id, "code": body.code, "reason": body.reason[:200]})
+    return Ack(audit_index=entry.index)

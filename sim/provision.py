@@ -1,0 +1,303 @@
+"""Provision a whole consortium in one folder: CA, certificates, private data and every party's config.
+
+Everything a real deployment would hand out by hand is made here, from the one policy file:
+
+* the consortium CA (named after ``policy.consortium``) and certificates for the server and
+  key holder (served on ``localhost``/``127.0.0.1``), the three agents and an auditor (the
+  demo's own mTLS identity for readiness probes);
+* the run's policy file: the chosen one copied byte for byte, or — when the agents cannot
+  draw DP noise from a cryptographic RNG (``torchcsprng`` missing) — the same policy marked
+  ``pilot = true``, because that is the only policy under which an agent may run
+  ``insecure_pilot``. That derivation is loud: it is returned in ``insecure`` and the caller
+  prints, records and reports it;
+* each agent's private preference pairs (its own hidden style on its own domain) and its
+  ``agent.toml``; the server's ``server.toml`` and ``training.toml``; under ``fused-only`` the
+  key holder's ``keyholder.toml``.
+
+Folder layout (relative to ``out``)::
+
+    policy.toml  pki/  auditor/  logs/
+    server/{server.toml,training.toml,data/,out/}   keyholder/{keyholder.toml,data/}
+    agents/<name>/{agent.toml,data/,state/}
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ProvisionError
+
+LOOPBACK = "127.0.0.1"
+MARKER = ".mor-demo"
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """One demo member: its private preference style, reward-model architecture and budget share."""
+
+    name: str
+    style: str
+    arch: str
+    params: Mapping[str, int | float | str | bool]
+    budget_share: float  # its local epsilon = share x the policy's max_epsilon
+
+
+DEMO_AGENTS: tuple[AgentSpec, ...] = (
+    AgentSpec("medical", "medical", "frozen-mlp", {"hidden": 64}, 0.75),
+    AgentSpec("finance", "finance", "tiny-vlt", {"dim": 32, "layers": 2}, 1.0),
+    AgentSpec("detail", "detail", "lora-minilm", {}, 0.5),
+)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much work a run does; ``quick()`` is the smoke-test size, ``default()`` the demo."""
+
+    n_pairs: int
+    dp_epochs: int
+    n_calibration: int
+    n_public_pairs: int
+    n_prompts: int
+    prompts_per_step: int
+    grpo_steps: int
+    max_completion_length: int
+    learning_rate: float
+    n_eval: int
+
+    @classmethod
+    def quick(cls) -> Scale:
+        return cls(n_pairs=96, dp_epochs=2, n_calibration=12, n_public_pairs=24, n_prompts=8, prompts_per_step=1,
+                   grpo_steps=3, max_completion_length=12, learning_rate=5e-3, n_eval=24)
+
+    @classmethod
+    def default(cls) -> Scale:
+        return cls(n_pairs=400, dp_epochs=4, n_calibration=32, n_public_pairs=96, n_prompts=48, prompts_per_step=2,
+                   grpo_steps=16, max_completion_length=16, learning_rate=5e-3, n_eval=96)
+
+
+@dataclass(frozen=True)
+class AgentFiles:
+    spec: AgentSpec
+    identity: str
+    config: Path
+    state_dir: Path
+    epsilon: float
+    delta: float
+
+
+@dataclass
+class Consortium:
+    """Paths and identities of everything :func:`provision` wrote."""
+
+    out: Path
+    policy_path: Path
+    source_policy: Path
+    policy: Any  # policies.Policy
+    consortium: str
+    ca_cert: Path
+    crl: Path
+    server_identity: str
+    server_url: str
+    server_config: Path
+    training_config: Path
+    server_data: Path
+    training_out: Path
+    keyholder_config: Path | None
+    keyholder_url: str | None
+    keyholder_data: Path | None
+    auditor_cert: Path
+    auditor_key: Path
+    agents: list[AgentFiles] = field(default_factory=list)
+    insecure: list[str] = field(default_factory=list)
+
+    @property
+    def fused_only(self) -> bool:
+        return bool(self.policy.privacy.mode == "fused-only")
+
+    def auditor_context(self) -> Any:
+        """The auditor's TLS 1.3 client context (for readiness probes and status reads)."""
+        from crypto.tls import client_ssl_context
+
+        return client_ssl_context(self.auditor_cert, self.auditor_key, self.ca_cert, self.crl)
+
+
+def secure_rng_available() -> bool:
+    """Whether Opacus ``secure_mode`` can run here (it needs ``torchcsprng``)."""
+    return importlib.util.find_spec("torchcsprng") is not None
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_toml(path: Path, tables: Mapping[str, Mapping[str, object]]) -> Path:
+    """One ``[table]`` per entry (None values left out)."""
+    lines = ["# written by `mor demo` (sim/provision.py)", ""]
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
+        lines.append("")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines), "utf-8")
+    return path
+
+
+def prepare_out(out: Path, *, overwrite: bool) -> None:
+    """Make ``out`` an empty demo folder; refuse to touch a non-empty folder that is not a demo's."""
+    if out.exists() and not out.is_dir():
+        raise ProvisionError(f"{out}: exists and is not a folder")
+    if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ProvisionError(f"{out}: not empty and not a previous `mor demo` output; choose another --out")
+        if not overwrite:
+            raise ProvisionError(f"{out}: holds a previous demo run; pass --overwrite to replace it, "
+                                 "or choose another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("This folder was written by `mor demo`; --overwrite may delete it.\n", "utf-8")
+
+
+def run_policy(source: Path, out: Path, *, secure_rng: bool) -> tuple[Path, Any, list[str]]:
+    """The policy every party loads, written to ``out/policy.toml``; plus what it makes insecure."""
+    from policies import PolicyError, load_policy, render_toml
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its insecure settings are reported by the caller
+            policy = load_policy(source)
+    except PolicyError as exc:
+        raise ProvisionError(f"--policy: {exc}") from None
+    target = out / "policy.toml"
+    insecure: list[str] = []
+    if secure_rng or policy.pilot:
+        shutil.copyfile(source, target)
+    else:
+        policy = policy.model_copy(update={"pilot": True})
+        target.write_text(f"# {source} with pilot = true, written by `mor demo`: torchcsprng is not installed, so\n"
+                          "# the agents' DP noise cannot come from a cryptographic RNG (insecure_pilot).\n"
+                          + render_toml(policy), "utf-8")
+        insecure.append(f"torchcsprng is not installed: the agents run insecure_pilot (DP noise from a "
+                        f"non-cryptographic RNG) and the run's policy is {source.name} with pilot = true")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        policy = load_policy(target)
+    insecure += [r for r in policy.insecure_reasons() if not r.startswith("pilot = true") or not insecure]
+    return target, policy, insecure
+
+
+def _agent_tables(spec: AgentSpec, consortium: Consortium, issued: Any, scale: Scale,
+                  epsilon: float, delta: float, pilot: bool) -> dict[str, dict[str, object]]:
+    base = consortium.out / "agents" / spec.name
+    return {
+        "agent": {"server_url": consortium.server_url, "server_identity": consortium.server_identity,
+                  "policy": str(consortium.policy_path), "data_dir": str(base / "data"),
+                  "state_dir": str(base / "state"), "insecure_pilot": pilot},
+        "tls": {"cert": str(issued.cert_path), "key": str(issued.key_path), "ca": str(consortium.ca_cert),
+                "crl": str(consortium.crl)},
+        "model": {"arch": spec.arch, "params": dict(spec.params), "disclose_architecture": True},
+        "privacy": {"epsilon": round(epsilon, 6), "delta": delta, "accountant": "prv"},
+        "training": {"epochs": scale.dp_epochs, "batch_size": 32, "lr": 0.01, "max_grad_norm": 1.0},
+        "network": {"poll_wait_s": 5.0, "read_timeout_s": 30.0, "retry_base_s": 0.2, "retry_max_s": 2.0},
+    }
+
+
+def _server_tables(consortium: Consortium, issued: Any, port: int) -> None:
+    data = consortium.server_data
+    write_toml(consortium.server_config, {
+        "server": {"host": LOOPBACK, "port": port, "policy": str(consortium.policy_path),
+                   "database_url": f"sqlite:///{data / 'state.db'}", "audit_dir": str(data / "audit"),
+                   "signing_key": str(data / "server-signing.pem"),
+                   "ckks_secret_context": None if consortium.fused_only else str(data / "ckks-secret.bin"),
+                   "keyholder_url": consortium.keyholder_url, "output_dir": str(consortium.training_out),
+                   "long_poll_max_s": 10.0},
+        "tls": {"cert": str(issued.cert_path), "key": str(issued.key_path), "ca": str(consortium.ca_cert),
+                "crl": str(consortium.crl)},
+    })
+
+
+def write_training_config(consortium: Consortium, *, model_path: Path, scale: Scale, seed: int = 0) -> Path:
+    """The server's ``training.toml``: the policy's round shape, the scale's sizes, the policy model to align.
+
+    Written separately from :func:`provision` because the (warm-started) model is usually made
+    while the agents train, after everything else is provisioned.
+    """
+    policy = consortium.policy
+    group = policy.rounds.group_size
+    return write_toml(consortium.training_config, {"training": {
+        "model_path": str(model_path), "output_dir": str(consortium.training_out),
+        # every demo agent must answer (at least the policy's quorum)
+        "quorum": max(policy.rounds.quorum, len(consortium.agents)), "deadline_s": float(policy.rounds.deadline_s),
+        "enrol_timeout_s": 600.0, "router": "learned", "n_calibration": scale.n_calibration,
+        "n_public_pairs": scale.n_public_pairs, "n_prompts": scale.n_prompts, "seed": seed, "group_size": group,
+        "per_device_batch": group * scale.prompts_per_step, "max_steps": scale.grpo_steps, "beta": 0.04,
+        "learning_rate": scale.learning_rate, "max_completion_length": scale.max_completion_length,
+        "use_lora": True,
+    }})
+
+
+def provision(out: Path, source_policy: Path, *, scale: Scale, seed: int = 0,
+              agents: tuple[AgentSpec, ...] = DEMO_AGENTS, secure_rng: bool | None = None) -> Consortium:
+    """Write the CA, certificates, policy, private data and configs of one demo consortium into ``out``.
+
+    The server's ``training.toml`` comes later, from :func:`write_training_config`.
+    """
+    from corpus import build_client_pairs, save_pairs
+    from crypto.errors import PKIError
+    from crypto.pki import init_ca
+    from sim.processes import free_port
+
+    secure = secure_rng_available() if secure_rng is None else secure_rng
+    policy_path, policy, insecure = run_policy(source_policy, out, secure_rng=secure)
+    try:
+        ca = init_ca(out / "pki", policy.consortium)
+        server = ca.issue("server", "server", dns=("localhost",), ips=(LOOPBACK,))
+        auditor = ca.issue("auditor", "auditor")
+        keyholder = ca.issue("keyholder", "keyholder", dns=("localhost",), ips=(LOOPBACK,)) \
+            if policy.privacy.mode == "fused-only" else None
+        issued_agents = [ca.issue(spec.name, "client") for spec in agents]
+    except PKIError as exc:
+        raise ProvisionError(f"{out / 'pki'}: {exc}") from None
+    server_port, keyholder_port = free_port(), free_port()
+    consortium = Consortium(
+        out=out, policy_path=policy_path, source_policy=source_policy, policy=policy,
+        consortium=policy.consortium, ca_cert=ca.ca_cert_path, crl=ca.crl_path, server_identity=server.identity,
+        server_url=f"https://{LOOPBACK}:{server_port}", server_config=out / "server" / "server.toml",
+        training_config=out / "server" / "training.toml", server_data=out / "server" / "data",
+        training_out=out / "server" / "out",
+        keyholder_config=out / "keyholder" / "keyholder.toml" if keyholder else None,
+        keyholder_url=f"https://{LOOPBACK}:{keyholder_port}" if keyholder else None,
+        keyholder_data=out / "keyholder" / "data" if keyholder else None,
+        auditor_cert=auditor.cert_path, auditor_key=auditor.key_path, insecure=insecure,
+    )
+    for spec, issued in zip(agents, issued_agents, strict=True):
+        epsilon = spec.budget_share * policy.privacy.max_epsilon
+        tables = _agent_tables(spec, consortium, issued, scale, epsilon, policy.privacy.max_delta, not secure)
+        config = write_toml(out / "agents" / spec.name / "agent.toml", tables)
+        save_pairs(build_client_pairs(spec.style, scale.n_pairs, seed=seed), out / "agents" / spec.name / "data")
+        consortium.agents.append(AgentFiles(spec, issued.identity, config, out / "agents" / spec.name / "state",
+                                            epsilon, policy.privacy.max_delta))
+    _server_tables(consortium, server, server_port)
+    if keyholder is not None and consortium.keyholder_config is not None and consortium.keyholder_data is not None:
+        data = consortium.keyholder_data
+        write_toml(consortium.keyholder_config, {
+            "keyholder": {"host": LOOPBACK, "port": keyholder_port, "server_identity": server.identity,
+                          "secret_context": str(data / "ckks-secret.bin"), "audit_dir": str(data / "audit"),
+                          "signing_key": str(data / "keyholder-signing.pem")},
+            "tls": {"cert": str(keyholder.cert_path), "key": str(keyholder.key_path), "ca": str(ca.ca_cert_path),
+                    "crl": str(ca.crl_path)},
+        })
+    return consortium

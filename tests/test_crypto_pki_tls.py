@@ -134,7 +134,8 @@ def test_disabling_hostname_check_warns(pki: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("party", "ekus"),
-    [("server", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}), ("client", {ExtendedKeyUsageOID.CLIENT_AUTH}),
+    [("server", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}),
+     ("client", {ExtendedKeyUsageOID.CLIENT_AUTH}),
      ("auditor", {ExtendedKeyUsageOID.CLIENT_AUTH}),
      ("keyholder", {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH})],
 )

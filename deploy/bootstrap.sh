@@ -13,4 +13,4 @@ fi
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 .venv/bin/python -m pip install --quiet -e '.[dev]'
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec .venv/bin/mor demo "$@"
+exec .venv/bin/mor demo --overwrite "$@"

@@ -201,12 +201,13 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Dem
     group = ProcessGroup(out / "logs", cwd=out)
     with group:
         with run.phase("dp-train", "3 agents train their reward models under DP (separate processes)"):
-            trainers = _train_agents(group, consortium)
+            trainers, trainers_started = _train_agents(group, consortium), time.monotonic()
         with run.phase("policy", "small VLM built and warm-started (cached after the first run)"
                        if options.model is None else f"policy model {options.model}"):
-            model_path, model_info = policy_model(options)
+            model_path, model_info = policy_model(options)  # meanwhile the agents train
             write_training_config(consortium, model_path=model_path, scale=scale, seed=options.seed)
-            _wait_trained(trainers, timeout_s=1800)
+        _wait_trained(trainers, timeout_s=1800)
+        run.timings["dp-train"] = round(time.monotonic() - trainers_started, 1)  # wall time, overlapping "policy"
         with run.phase("services", "key holder (fused-only) and server over mutual TLS"
                        if consortium.fused_only else "server over mutual TLS"):
             server = _start_services(group, consortium)

@@ -1,0 +1,48 @@
+"""``mor eval [--seeds 3] [--steps N] [--quick] [--out DIR]``: the Mixture-of-Rewards comparison.
+
+Writes ``DIR/eval.md`` (tables), ``DIR/eval.json`` (every number) and ``DIR/*.png``; the
+reference model and GRPO adapters stay under ``DIR/work`` (the warm start is cached there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from mor_cli.errors import CommandError
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("eval", help="compare MoR with single-client, uniform, FedAvg and central rewards")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1); default 3")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per method (same for all)")
+    parser.add_argument("--quick", action="store_true", help="smaller data and budget (minutes, noisier)")
+    parser.add_argument("--out", type=Path, default=Path("eval-out"), help="output folder (default: eval-out)")
+    parser.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    import transformers
+
+    from sim.eval import EvalConfig, EvalError, run_eval, write_report
+
+    if args.seeds < 1:
+        raise CommandError(f"--seeds must be >= 1, got {args.seeds}")
+    config = EvalConfig.quick() if args.quick else EvalConfig.full()
+    changes: dict[str, Any] = {"seeds": tuple(range(args.seeds))}
+    if args.steps is not None:
+        changes["grpo_steps"] = args.steps
+    transformers.logging.set_verbosity_error()  # checkpoint-loading reports would bury the progress lines
+    try:
+        config = config.replace(**changes)
+        result = run_eval(config, args.out, echo=lambda line: print(line, file=sys.stderr, flush=True))
+        command = "mor eval " + shlex.join(a for a in sys.argv[2:]) if sys.argv[1:2] == ["eval"] else "mor eval"
+        paths = write_report(result.to_dict(), args.out, command=command)
+    except EvalError as exc:
+        raise CommandError(str(exc)) from None
+    print((args.out / "eval.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0

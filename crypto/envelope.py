@@ -57,8 +57,8 @@ class Envelope:
     scores: tuple[float, ...] | None
     signature: bytes
 
-    def header(self) -> dict[str, Any]:
-        """The signed content: everything but the signature, ciphertexts by their SHA-256."""
+    def _fields(self) -> dict[str, Any]:
+        """What the signed header and the wire form share, in one place so they cannot drift."""
         return {
             "v": ENVELOPE_VERSION,
             "kind": self.kind,
@@ -69,8 +69,14 @@ class Envelope:
             "timestamp": self.timestamp,
             "length": self.length,
             "context_sha256": self.context_sha256,
-            "ciphertext_sha256": [hashlib.sha256(c).hexdigest() for c in self.ciphertexts],
             "scores": list(self.scores) if self.scores is not None else None,
+        }
+
+    def header(self) -> dict[str, Any]:
+        """The signed content: everything but the signature, ciphertexts by their SHA-256."""
+        return {
+            **self._fields(),
+            "ciphertext_sha256": [hashlib.sha256(c).hexdigest() for c in self.ciphertexts],
         }
 
     def signed_bytes(self) -> bytes:
@@ -79,17 +85,8 @@ class Envelope:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (binary fields base64) for HTTP bodies and storage."""
         return {
-            "v": ENVELOPE_VERSION,
-            "kind": self.kind,
-            "sender": self.sender,
-            "round_id": self.round_id,
-            "task_id": self.task_id,
-            "nonce": self.nonce,
-            "timestamp": self.timestamp,
-            "length": self.length,
-            "context_sha256": self.context_sha256,
+            **self._fields(),
             "ciphertexts": [base64.b64encode(c).decode("ascii") for c in self.ciphertexts],
-            "scores": list(self.scores) if self.scores is not None else None,
             "signature": base64.b64encode(self.signature).decode("ascii"),
         }
 

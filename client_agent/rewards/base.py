@@ -135,6 +135,22 @@ class RewardModel(nn.Module, ABC):
         return cls(**config)
 
 
+def responses_per_prompt(responses: Sequence[Sequence[str]]) -> int:
+    """The common group size k; a ragged batch cannot be reshaped to (prompts, k, ...) so it is refused."""
+    k = len(responses[0]) if responses else 0
+    if any(len(r) != k for r in responses):
+        raise RewardModelError("featurize: every prompt needs the same number of responses")
+    return k
+
+
+def question_response_pairs(questions: Sequence[str], responses: Sequence[Sequence[str]]
+                            ) -> tuple[list[str], list[str]]:
+    """Each response beside its own question, flattened prompt-major (the order every reshape assumes)."""
+    qs = [q for q, group in zip(questions, responses, strict=True) for _ in group]
+    rs = [r for group in responses for r in group]
+    return qs, rs
+
+
 def pair_accuracy(model: RewardModel, tensors: Sequence[torch.Tensor], *, batch_size: int = 256) -> float:
     """Fraction of pairs whose chosen answer outscores the rejected one (ties count as wrong)."""
     n = tensors[0].shape[0]

@@ -17,8 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from client_agent.errors import RewardModelError
-from client_agent.rewards.base import RewardModel
+from client_agent.rewards.base import RewardModel, responses_per_prompt
 from client_agent.rewards.features import FeatureCache, shared_feature_cache
 
 
@@ -81,9 +80,7 @@ class FrozenMLPReward(RewardModel):
     def featurize_responses(
         self, images: Sequence[Image.Image], questions: Sequence[str], responses: Sequence[Sequence[str]]
     ) -> tuple[torch.Tensor, ...]:
-        k = len(responses[0]) if responses else 0
-        if any(len(r) != k for r in responses):
-            raise RewardModelError("featurize: every prompt needs the same number of responses")
+        k = responses_per_prompt(responses)
         img = self.features.images(images)
         q = self.features.texts(questions)
         flat = [r for group in responses for r in group]

@@ -21,8 +21,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from client_agent.errors import CheckpointError, RewardModelError
-from client_agent.rewards.base import RewardModel
+from client_agent.errors import CheckpointError
+from client_agent.rewards.base import RewardModel, question_response_pairs, responses_per_prompt
 from client_agent.rewards.features import shared_feature_cache
 
 TOKENIZER_DIR = "tokenizer"
@@ -123,12 +123,9 @@ class LoraMiniLMReward(RewardModel):
     def featurize_responses(
         self, images: Sequence[Image.Image], questions: Sequence[str], responses: Sequence[Sequence[str]]
     ) -> tuple[torch.Tensor, ...]:
-        k = len(responses[0]) if responses else 0
-        if any(len(r) != k for r in responses):
-            raise RewardModelError("featurize: every prompt needs the same number of responses")
+        k = responses_per_prompt(responses)
         img = shared_feature_cache().images(images)
-        qs = [q for q, group in zip(questions, responses, strict=True) for _ in group]
-        rs = [r for group in responses for r in group]
+        qs, rs = question_response_pairs(questions, responses)
         enc = self.tokenizer(qs, rs, truncation=True, max_length=self._cfg["max_len"], padding="max_length",
                              return_tensors="pt", return_token_type_ids=True)
         shape = (len(responses), k, -1)

@@ -27,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from client_agent.errors import CheckpointError, RewardModelError
-from client_agent.rewards.base import RewardModel
+from client_agent.rewards.base import RewardModel, question_response_pairs, responses_per_prompt
 
 PAD = 0
 TOKENIZER_DIR = "tokenizer"
@@ -142,11 +142,8 @@ class TinyVLTReward(RewardModel):
     def featurize_responses(
         self, images: Sequence[Image.Image], questions: Sequence[str], responses: Sequence[Sequence[str]]
     ) -> tuple[torch.Tensor, ...]:
-        k = len(responses[0]) if responses else 0
-        if any(len(r) != k for r in responses):
-            raise RewardModelError("featurize: every prompt needs the same number of responses")
-        qs = [q for q, group in zip(questions, responses, strict=True) for _ in group]
-        rs = [r for group in responses for r in group]
+        k = responses_per_prompt(responses)
+        qs, rs = question_response_pairs(questions, responses)
         enc = self.tokenizer(qs, rs, truncation=True, max_length=self._cfg["max_text"], padding="max_length",
                              return_tensors="pt", return_token_type_ids=True)
         shape = (len(responses), k, -1)

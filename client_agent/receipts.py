@@ -18,6 +18,7 @@ import binascii
 import hashlib
 
 from audit import Checkpoint, InvalidProofError, verify_inclusion
+from audit.wire_form import checkpoint_from_wire
 from client_agent.errors import ServerTrustError
 from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError
@@ -48,14 +49,10 @@ def verify_receipt(receipt: Receipt, server_key: VerifyKey, *, agent: str, task_
 def verify_checkpoint(checkpoint: SignedCheckpoint, server_key: VerifyKey) -> Checkpoint:
     """The server's signed tree head, verified under its key."""
     try:
-        signature = base64.b64decode(checkpoint.signature_b64, validate=True).hex()
-        rebuilt = Checkpoint(checkpoint.origin, checkpoint.size, checkpoint.root_sha256, checkpoint.timestamp,
-                             server_key.fingerprint(), signature)
-        server_key.verify(bytes.fromhex(signature), rebuilt.signed_bytes())
-    except (binascii.Error, ValueError, IntegrityError):
+        return checkpoint_from_wire(checkpoint.model_dump(), server_key)
+    except IntegrityError:
         raise ServerTrustError(f"server audit checkpoint (size {checkpoint.size}) is not signed by the server key "
                                f"{server_key.fingerprint()[:16]}…") from None
-    return rebuilt
 
 
 def verify_receipt_inclusion(receipt: Receipt, proof: InclusionProof, server_key: VerifyKey) -> Checkpoint:

@@ -9,41 +9,20 @@ API thread and the training thread.
 Wire forms (what ``GET /v1/audit/checkpoint`` and ``/v1/audit/proof/{i}`` return): the
 checkpoint's hex signature travels as base64 and its ``root`` as ``root_sha256``; the signed
 bytes are the audit package's own (:meth:`audit.Checkpoint.signed_bytes`), so a verifier
-rebuilds the :class:`audit.Checkpoint` with :func:`checkpoint_from_wire` and checks it with the
+rebuilds the :class:`audit.Checkpoint` with :func:`audit.wire_form.checkpoint_from_wire` and checks it with the
 writer's public key, obtained out of band (for agents: the key in ``EnrolResponse``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from audit import AuditLog, Checkpoint
-from crypto.errors import IntegrityError
-from crypto.signing import SigningKey, VerifyKey
+from audit.wire_form import checkpoint_to_wire
+from crypto.signing import SigningKey
 from server.services import AuditRecord
-
-
-def checkpoint_to_wire(checkpoint: Checkpoint) -> dict[str, Any]:
-    """An audit checkpoint as ``wire.messages.SignedCheckpoint`` fields."""
-    signature = base64.b64encode(bytes.fromhex(checkpoint.signature)).decode("ascii")
-    return {"origin": checkpoint.origin, "size": checkpoint.size, "root_sha256": checkpoint.root,
-            "timestamp": checkpoint.time, "signature_b64": signature}
-
-
-def checkpoint_from_wire(wire: Mapping[str, Any], verify_key: VerifyKey) -> Checkpoint:
-    """Rebuild and verify a wire checkpoint against the log writer's key; IntegrityError if it fails."""
-    try:
-        signature = base64.b64decode(str(wire["signature_b64"]), validate=True).hex()
-        checkpoint = Checkpoint(str(wire["origin"]), int(wire["size"]), str(wire["root_sha256"]),
-                                wire["timestamp"], verify_key.fingerprint(), signature)
-    except (KeyError, TypeError, ValueError, binascii.Error):
-        raise IntegrityError("malformed signed checkpoint") from None
-    verify_key.verify(bytes.fromhex(signature), checkpoint.signed_bytes())
-    return checkpoint
 
 
 class AuditLogTrail:

@@ -20,9 +20,9 @@ from helpers.procs import free_port, start_server, start_server_run, write_serve
 from sqlalchemy import select
 
 from audit import verify_inclusion
+from audit.wire_form import checkpoint_from_wire
 from crypto.ckks import load_public_context
 from crypto.envelope import seal_scores
-from server.audit_trail import checkpoint_from_wire
 from server.state import StateStore, rounds
 from wire.messages import InclusionProof, Receipt
 

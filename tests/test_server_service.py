@@ -16,12 +16,13 @@ from helpers.pki import make_pki
 from helpers.procs import free_port, write_server_config
 
 from audit import InvalidProofError, verify_inclusion, verify_log
+from audit.wire_form import checkpoint_from_wire
 from crypto.ckks import CKKSKeyOwner, CKKSParameters
 from crypto.errors import IntegrityError
 from crypto.signing import SigningKey
 from mor_cli.main import main
 from policies import builtin_policy_path
-from server.audit_trail import AuditLogTrail, checkpoint_from_wire
+from server.audit_trail import AuditLogTrail
 from server.config import load_server_config
 from server.errors import ConfigError
 from server.wiring import open_server, service_policy

@@ -38,6 +38,7 @@ import httpx
 from audit import AuditLog
 from client_agent.config import AgentConfig
 from client_agent.errors import (
+    AgentConfigError,
     LocalPolicyRefusal,
     ScoringError,
     ServerRefusedError,
@@ -54,6 +55,7 @@ from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.ckks import PublicContext, load_public_context
 from crypto.envelope import seal_scores, sign_plain_scores
 from crypto.errors import CryptoError
+from crypto.key_binding import bind_signing_key
 from crypto.signing import SigningKey, VerifyKey
 from crypto.tls import client_ssl_context
 from wire.messages import EnrolRequest, EnrolResponse, PrivacyMode, ScoringTask, Submission
@@ -156,8 +158,15 @@ class Agent:
 
     # -- enrolment and calibration -------------------------------------------------------------------
     def enrol(self) -> Session:
+        tls = self.config.tls
+        try:  # lets the fused-only key holder check our envelope key against the CA, not the server's word
+            binding = bind_signing_key(self.signing_key.verify_key(), cert_pem=tls.cert.read_bytes(),
+                                       tls_key_pem=tls.key.read_bytes())
+        except (OSError, CryptoError) as exc:
+            raise AgentConfigError(f"[tls] cert/key: cannot bind the envelope signing key: {exc}") from None
         report = wire_privacy_report(self.report, identity=self.identity, signing_key=self.signing_key,
-                                     disclose_architecture=self.config.model.disclose_architecture)
+                                     disclose_architecture=self.config.model.disclose_architecture,
+                                     key_binding=binding)
         request = EnrolRequest(
             signing_public_key_b64=base64.b64encode(self.signing_key.verify_key().raw()).decode("ascii"),
             privacy_report=report, architecture=report["model_arch"])

@@ -111,8 +111,13 @@ def load_trained(config: AgentConfig, signing_key: SigningKey, *, identity: str
 
 
 def wire_privacy_report(signed: SignedPrivacyReport, *, identity: str, signing_key: SigningKey,
-                        disclose_architecture: bool) -> dict[str, Any]:
-    """The report as ``wire.messages.PrivacyReport``: signed over canonical JSON of all other keys."""
+                        disclose_architecture: bool, key_binding: dict[str, str] | None = None) -> dict[str, Any]:
+    """The report as ``wire.messages.PrivacyReport``: signed over canonical JSON of all other keys.
+
+    ``key_binding`` (:func:`crypto.key_binding.bind_signing_key`) travels inside the report so
+    the server stores it with the enrolment and can hand it to the fused-only key holder, which
+    checks it against the consortium CA itself.
+    """
     fields = signed.report.model_dump(mode="json")
     fields.pop("agent_id")
     if not disclose_architecture:
@@ -121,5 +126,7 @@ def wire_privacy_report(signed: SignedPrivacyReport, *, identity: str, signing_k
         "identity": identity, **fields,
         "local_report_sha256": hashlib.sha256(signed.to_json().encode()).hexdigest(),
     }
+    if key_binding is not None:
+        body["key_binding"] = key_binding
     body["signature_b64"] = base64.b64encode(signing_key.sign(canonical_json(body))).decode("ascii")
     return body

@@ -3,6 +3,7 @@
     mor bench                              every section, 3 repeats, results in bench-out/
     mor bench --sections 2,3 --repeats 5   only CKKS and DP, 5 repeats
     mor bench --smoke                      the tiny configuration (what the test suite runs)
+    mor bench --sections 1 --compare-polling   section 1 plus the poll-interval before/after
 
 Prints one Markdown table and writes ``OUT/bench.json`` (machine, date, command, figures,
 "nothing lost" checks). Exit status 1 if a section failed (its error is in the JSON).
@@ -30,20 +31,19 @@ def _sections(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--sections {text!r}: expected numbers like 2,3,6") from None
     if not numbers or any(not 1 <= n <= 6 for n in numbers):
         raise argparse.ArgumentTypeError(f"--sections {text!r}: each section is 1..6")
-    if 1 in numbers:
-        raise argparse.ArgumentTypeError("--sections 1 (scoring exchange with real reward models) is not built yet; "
-                                         "sections 2-6 are")
     return numbers
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("bench", help="benchmark the cost of privacy (ratios to in-run baselines)")
-    parser.add_argument("--sections", type=_sections, default=[2, 3, 4, 5, 6],
-                        help="comma-separated sections: 2 ckks, 3 dp, 4 ingest, 5 scaling, 6 grpo (default: all "
-                             "built; 1 exchange is not built yet)")
+    parser.add_argument("--sections", type=_sections, default=[1, 2, 3, 4, 5, 6],
+                        help="comma-separated sections: 1 exchange, 2 ckks, 3 dp, 4 ingest, 5 scaling, 6 grpo "
+                             "(default: all)")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                         help=f"paired repeats per figure (default {DEFAULT_REPEATS})")
     parser.add_argument("--smoke", action="store_true", help="tiny configuration: checks the benchmark still works")
+    parser.add_argument("--compare-polling", action="store_true",
+                        help="section 1: also run the ckks round with the coordinator's old 0.1 s poll (before/after)")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for bench.json")
     parser.set_defaults(func=handle)
 
@@ -61,8 +61,9 @@ def handle(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {args.out}: cannot create: {exc.strerror}") from None
     command = "mor " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
         f"mor bench --sections {','.join(map(str, args.sections))} --repeats {args.repeats}" + \
-        (" --smoke" if args.smoke else "")
-    report = run_bench(args.sections, repeats=args.repeats, smoke=args.smoke, out_dir=args.out, command=command)
+        (" --smoke" if args.smoke else "") + (" --compare-polling" if args.compare_polling else "")
+    report = run_bench(args.sections, repeats=args.repeats, smoke=args.smoke, out_dir=args.out, command=command,
+                       compare_polling=args.compare_polling)
     print(report.table())
     for section, checks in report.checks.items():
         print(f"section {section} checks: {checks}")

@@ -3,8 +3,9 @@
     mor server serve --config server.toml                          the HTTP API alone
     mor server run   --config server.toml --training training.toml  the API and the training run
 
-Both stop gracefully on SIGTERM/SIGINT (final signed audit checkpoint, exit 0); ``run``
-stops training at a step boundary first (see ``server/runner.py``).
+Both stop gracefully on SIGTERM/SIGINT (open long-polls released at once, final signed audit
+checkpoint, exit 0); ``run`` first lets the GRPO step in flight finish and checkpoints it, and
+records ``training.stopped`` with that step: the next ``run`` resumes there (see ``server/runner.py``).
 """
 
 from __future__ import annotations

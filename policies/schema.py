@@ -89,6 +89,9 @@ class Privacy(_Section):
     max_epsilon: float = Field(gt=0, le=100)
     max_delta: float = Field(gt=0, lt=1e-3)
     accountant: Literal["prv", "rdp", "gdp"] = "prv"
+    # fused-only: may the key holder release each agent's scores on the PUBLIC calibrate/router
+    # rounds (never score rounds) to the server, so calibration is measured and the router fitted?
+    public_rounds_per_agent: bool = False
 
 
 class Rounds(_Section):
@@ -177,6 +180,10 @@ class Policy(_Section):
         if self.privacy.mode == "tls-only" and not self.pilot:
             raise rule("privacy.mode", "'tls-only' sends every client's scores to the server in the clear; "
                                        "it is allowed only in a pilot (set pilot = true, never with real data)")
+        if self.privacy.public_rounds_per_agent and self.privacy.mode != "fused-only":
+            raise rule("privacy.public_rounds_per_agent",
+                       f"applies only to mode = 'fused-only' (under {self.privacy.mode!r} the server already sees "
+                       "every agent's scores): remove it or set mode = 'fused-only'")
         self._check_admission()
         self._check_round_fits()
         return self

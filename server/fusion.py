@@ -16,18 +16,21 @@ on one scale: ``z = (s - mean) / std``. In fused-only mode it is folded into the
 weights (``w / std``) and a plaintext offset (``sum w * mean / std``) subtracted after
 decryption, so all three modes compute the same number (to CKKS precision).
 
+Per-agent vectors (calibrate and router rounds, all on public data) come from :meth:`Fusion.collect`:
+decrypted by the server (ckks), read from the signed header (tls-only) or — fused-only, only
+when the policy sets ``privacy.public_rounds_per_agent`` — decrypted by the key holder, which
+checks each agent's own signature on a ``calibrate-``/``router-`` round id before it opens
+anything (:mod:`server.keyholder.public_rounds`). Score rounds stay fused in every case.
+
 The policy's score range is enforced per agent where scores are visible (``refuse``: the
 agent's whole vector is dropped and the others renormalised; ``clip``: clipped and counted).
 In fused-only mode only the fused value is visible; since it is a convex combination of
 calibrated in-range scores it must lie in ``[sum w*lo_k, sum w*hi_k]``: a value outside proves
 an out-of-range score, and that item is refused (reward ``None``) or clipped into the bound.
 
-Errors (under :class:`server.errors.ServerError`)::
-
-    ServerError
-     └── FusionError            envelopes/inputs that cannot be fused (message says why)
-          └── PrivacyModeError  asked for something the privacy mode forbids (e.g. per-agent
-                                scores under fused-only)
+Errors: :class:`~server.errors.FusionError` (envelopes/inputs that cannot be fused) and its
+:class:`~server.errors.PrivacyModeError` (what the privacy mode forbids), drawn in the one
+tree of :mod:`server.errors` and importable from here as before.
 """
 
 from __future__ import annotations
@@ -36,27 +39,19 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
 from crypto.ckks import CKKSKeyOwner, PublicContext, SealedVector
 from crypto.envelope import Envelope
 from crypto.errors import IntegrityError
-from server.errors import ServerError
+from server.errors import FusionError, KeyHolderError, PrivacyModeError
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from wire.messages import PrivacyMode
 
 RANGE_TOLERANCE = 1e-3  # CKKS noise + the key owner's rounding, well above both
-
-
-class FusionError(ServerError):
-    """Envelopes or inputs that cannot be fused; the message names the agent/argument and why."""
-
-
-class PrivacyModeError(FusionError):
-    """The privacy mode forbids what was asked (e.g. per-agent scores under fused-only)."""
 
 
 class FusedDecryptor(Protocol):
@@ -72,6 +67,28 @@ class DecryptedFused(Protocol):
     def values(self) -> list[float]: ...
     @property
     def decryptions(self) -> int: ...
+    @property
+    def audit_index(self) -> int: ...
+
+
+@runtime_checkable
+class AgentDecryptor(Protocol):
+    """fused-only, public rounds: the key holder's per-agent decryption (``KeyHolderClient.decrypt_agent``)."""
+
+    def decrypt_agent(self, envelope: Envelope, *, key_binding: dict[str, Any]) -> DecryptedAgent: ...
+
+
+class DecryptedAgent(Protocol):
+    """The key holder's reply (``server.keyholder.messages.DecryptAgentResponse``)."""
+
+    @property
+    def agent(self) -> str: ...
+    @property
+    def round_id(self) -> str: ...
+    @property
+    def values(self) -> list[float]: ...
+    @property
+    def agent_decryptions(self) -> int: ...
     @property
     def audit_index(self) -> int: ...
 
@@ -229,6 +246,37 @@ def decrypt_vectors(envelopes: Mapping[str, Envelope], *, key_owner: CKKSKeyOwne
     return out, total
 
 
+def keyholder_vectors(envelopes: Mapping[str, Envelope], *, keyholder: AgentDecryptor,
+                      key_bindings: Mapping[str, dict[str, Any] | None], audit: AuditTrail, round_id: str,
+                      actor: str = "server") -> tuple[dict[str, list[float]], dict[str, str]]:
+    """fused-only, public rounds: each agent's vector decrypted by the key holder; (vectors, refused).
+
+    One request, and one audit entry (``keyholder.agent_decryption``, outcome ok or refused), per
+    agent. A refusal drops that agent only (the round's quorum decides the rest).
+    """
+    out: dict[str, list[float]] = {}
+    refused: dict[str, str] = {}
+    for agent, env in sorted(envelopes.items()):
+        record: dict[str, Any] = {"round_id": round_id, "agent": agent, "envelope_sha256": env.sha256()}
+        binding = key_bindings.get(agent)
+        try:
+            if binding is None:
+                raise KeyHolderError("the agent enrolled without a key binding, so the key holder cannot check its "
+                                     "envelope key (update the agent and let it re-enrol)")
+            reply = keyholder.decrypt_agent(env, key_binding=binding)
+            if (reply.agent, reply.round_id, len(reply.values)) != (agent, round_id, env.length):
+                raise KeyHolderError(f"reply is for {reply.agent} / {reply.round_id} with {len(reply.values)} values")
+        except KeyHolderError as exc:
+            refused[agent] = f"key holder: {exc}"
+            audit.record(actor, "keyholder.agent_decryption", {**record, "outcome": "refused", "reason": str(exc)})
+            continue
+        out[agent] = list(reply.values)
+        audit.record(actor, "keyholder.agent_decryption", {
+            **record, "outcome": "ok", "keyholder_audit_index": reply.audit_index,
+            "keyholder_agent_decryptions": reply.agent_decryptions})
+    return out, refused
+
+
 # -- the three modes -----------------------------------------------------------------------------
 def fuse_tls_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange) -> FusionOutcome:
     """tls-only: plaintext scores -> range check -> calibration -> ``router.fuse``."""
@@ -310,6 +358,7 @@ class Fusion:
     context: PublicContext | None = None
     keyholder: FusedDecryptor | None = None
     actor: str = "server"
+    public_rounds_per_agent: bool = False  # fused-only: policy privacy.public_rounds_per_agent
 
     @classmethod
     def tls_only(cls, *, scores: ScoreRange, audit: AuditTrail, actor: str = "server") -> Fusion:
@@ -321,8 +370,14 @@ class Fusion:
 
     @classmethod
     def fused_only(cls, *, scores: ScoreRange, audit: AuditTrail, context: PublicContext, keyholder: FusedDecryptor,
-                   actor: str = "server") -> Fusion:
-        return cls("fused-only", scores, audit, context=context, keyholder=keyholder, actor=actor)
+                   actor: str = "server", public_rounds_per_agent: bool = False) -> Fusion:
+        return cls("fused-only", scores, audit, context=context, keyholder=keyholder, actor=actor,
+                   public_rounds_per_agent=public_rounds_per_agent)
+
+    @property
+    def collects_public_rounds(self) -> bool:
+        """Can calibrate/router rounds get per-agent vectors? Always, except fused-only without the opt-in."""
+        return self.mode != "fused-only" or self.public_rounds_per_agent
 
     def __post_init__(self) -> None:
         if self.mode == "ckks" and self.key_owner is None:
@@ -331,6 +386,8 @@ class Fusion:
                                           self.keyholder is None):
             raise PrivacyModeError("fused-only: needs the public context and a key-holder client, and must not "
                                    "hold a CKKSKeyOwner")
+        if self.public_rounds_per_agent and self.mode != "fused-only":
+            raise PrivacyModeError(f"{self.mode}: public_rounds_per_agent applies only to fused-only")
 
     def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
         if self.mode == "tls-only":
@@ -343,14 +400,33 @@ class Fusion:
         return fuse_fused_only(router, inp, scores=self.scores, context=self.context, keyholder=self.keyholder,
                                audit=self.audit, actor=self.actor)
 
-    def per_agent(self, round_id: str, envelopes: Mapping[str, Envelope]) -> dict[str, list[float]]:
-        """Each agent's raw scores (calibration and router rounds on public data); refused under fused-only."""
+    def per_agent(self, round_id: str, envelopes: Mapping[str, Envelope],
+                  key_bindings: Mapping[str, dict[str, Any] | None] | None = None) -> dict[str, list[float]]:
+        """Each agent's raw scores on a public round (see :meth:`collect`); refusals raise FusionError."""
+        vectors, refused = self.collect(round_id, envelopes, key_bindings)
+        if refused:
+            raise FusionError("; ".join(f"{a}: {r}" for a, r in sorted(refused.items())))
+        return vectors
+
+    def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
+                key_bindings: Mapping[str, dict[str, Any] | None] | None = None
+                ) -> tuple[dict[str, list[float]], dict[str, str]]:
+        """Per-agent vectors of a calibrate/router round (public data): (vectors, agent -> refusal reason).
+
+        fused-only: only with ``public_rounds_per_agent``, through the key holder (``key_bindings``:
+        each agent's enrolment key binding), else PrivacyModeError.
+        """
         if self.mode == "fused-only":
-            raise PrivacyModeError("fused-only: per-agent scores are never decrypted (the key holder decrypts only "
-                                   "fused vectors); calibration is self-reported and the router cannot be fitted "
-                                   "from agent scores in this mode")
+            if not self.public_rounds_per_agent:
+                raise PrivacyModeError("fused-only: per-agent scores are never decrypted (the key holder decrypts "
+                                       "only fused vectors) unless the policy sets privacy.public_rounds_per_agent "
+                                       "= true; calibration stays self-reported and the router uniform")
+            if not isinstance(self.keyholder, AgentDecryptor):
+                raise PrivacyModeError("fused-only: this key-holder client cannot request per-agent decryptions")
+            return keyholder_vectors(envelopes, keyholder=self.keyholder, key_bindings=key_bindings or {},
+                                     audit=self.audit, round_id=round_id, actor=self.actor)
         if self.mode == "tls-only":
-            return plain_vectors(envelopes)
+            return plain_vectors(envelopes), {}
         assert self.key_owner is not None
         return decrypt_vectors(envelopes, key_owner=self.key_owner, audit=self.audit, round_id=round_id,
-                               actor=self.actor)[0]
+                               actor=self.actor)[0], {}

@@ -12,6 +12,9 @@ function returns, and report. Why these choices:
   last checkpoint instead of repeating (and re-paying clients for) finished rounds. The
   learning rate is constant, because a decaying schedule restored from a checkpoint of a
   shorter run is already at 0 when the run is extended.
+- A clean stop (``stop`` returns a reason, e.g. after SIGTERM) is honoured at a step
+  boundary by a TrainerCallback: the step in flight finishes (its federated round was paid
+  for), a checkpoint is saved whatever ``save_steps`` says, and the result says where and why.
 
 The reward function is the server's hook: one call = one batch of G completions per prompt,
 which the server turns into one federated scoring round. It receives TRL's keyword columns
@@ -45,6 +48,7 @@ from server.vlm.load import load_processor
 
 RewardFn = Callable[..., Sequence[float | None]]
 StepLogger = Callable[[dict[str, Any]], None]
+StopCheck = Callable[[], str | None]  # the reason a stop was requested, or None
 LANGUAGE_MODEL_ATTENTION = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
 
 
@@ -83,12 +87,18 @@ class GRPORunConfig:
 
 @dataclass
 class GRPOResult:
-    """What a run produced: the adapter (or model) directory, per-step metrics, LoRA movement."""
+    """What a run produced: the adapter (or model) directory, per-step metrics, LoRA movement.
+
+    After a clean stop ``stopped_reason`` says why and ``adapter_path`` is the checkpoint of
+    ``global_step``, the one a restart resumes from.
+    """
 
     adapter_path: Path
     steps: list[dict[str, Any]] = field(default_factory=list)
     lora_delta_norm: float = 0.0
     resumed_from: Path | None = None
+    global_step: int = 0
+    stopped_reason: str | None = None
 
 
 class _StepMetrics(TrainerCallback):
@@ -104,6 +114,21 @@ class _StepMetrics(TrainerCallback):
         self.sink.append(record)
         if self.step_logger is not None:
             self.step_logger(record)
+
+
+class _StopAtStepBoundary(TrainerCallback):
+    """Ends training after the step in flight when ``stop()`` gives a reason, saving a checkpoint first."""
+
+    def __init__(self, stop: StopCheck) -> None:
+        self.stop = stop
+        self.reason: str | None = None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        reason = self.stop()
+        if reason is not None and state.global_step < state.max_steps:  # at max_steps it is simply done
+            self.reason = reason
+            control.should_save = True  # the Trainer saves right after on_step_end, then leaves its loop
+            control.should_training_stop = True
 
 
 def _checked(reward_fn: RewardFn) -> Callable[..., list[float | None]]:
@@ -145,8 +170,12 @@ def run_grpo(
     config: GRPORunConfig,
     resume: bool = True,
     step_logger: StepLogger | None = None,
+    stop: StopCheck = lambda: None,
 ) -> GRPOResult:
-    """Train the policy at ``model_path`` with GRPO for ``config.max_steps`` (total, across resumes)."""
+    """Train the policy at ``model_path`` with GRPO for ``config.max_steps`` (total, across resumes).
+
+    ``stop`` is asked after every step; a reason ends the run there (see the module docstring).
+    """
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
@@ -182,6 +211,7 @@ def run_grpo(
         )
     torch.manual_seed(config.seed)  # LoRA init is then the same on every (re)start: the delta is vs. the true start
     steps: list[dict[str, Any]] = []
+    stopper = _StopAtStepBoundary(stop)
     trainer = GRPOTrainer(
         model=str(model_path),
         reward_funcs=[_checked(reward_fn)],
@@ -189,7 +219,7 @@ def run_grpo(
         train_dataset=_dataset(prompts),
         processing_class=load_processor(Path(model_path)),
         peft_config=peft_config,
-        callbacks=[_StepMetrics(steps, step_logger)],
+        callbacks=[_StepMetrics(steps, step_logger), stopper],
     )
     policy: Any = trainer.model
     initial = _lora_weights(policy)
@@ -197,6 +227,11 @@ def run_grpo(
     trainer.train(resume_from_checkpoint=last)
     final = _lora_weights(policy)
     delta = math.sqrt(sum(float((final[n] - initial[n]).pow(2).sum()) for n in final))
-    out = config.output_dir / "final"
-    trainer.save_model(str(out))
-    return GRPOResult(adapter_path=out, steps=steps, lora_delta_norm=delta, resumed_from=Path(last) if last else None)
+    step = int(trainer.state.global_step)
+    if stopper.reason is not None:
+        out = config.output_dir / f"checkpoint-{step}"  # saved by the Trainer when the callback asked
+    else:
+        out = config.output_dir / "final"
+        trainer.save_model(str(out))
+    return GRPOResult(adapter_path=out, steps=steps, lora_delta_norm=delta, resumed_from=Path(last) if last else None,
+                      global_step=step, stopped_reason=stopper.reason)

@@ -18,7 +18,13 @@ behind the service's back must not reach the reward.
 
 Audit entries (actor = the server): ``round.opened`` (with every task issued),
 ``round.fused`` / ``round.collected`` (agents answered and used, envelope digests, weights),
-``round.skipped`` (reason); the fusion layer adds ``decrypt.agent`` / ``decrypt.fused``.
+``round.skipped`` (reason); the fusion layer adds ``decrypt.agent`` / ``decrypt.fused`` (and, for
+fused-only public rounds, ``keyholder.agent_decryption`` per request to the key holder).
+
+Calibrate and router rounds (public data) need per-agent vectors. Under fused-only they run
+only when the policy opts in (``privacy.public_rounds_per_agent``): the key holder then
+decrypts each agent's vector after checking the agent's own signature on the round id (whose
+prefix, ``calibrate-``/``router-``/``score-``, is the round kind) — see :mod:`server.keyholder.public_rounds`.
 """
 
 from __future__ import annotations
@@ -41,8 +47,8 @@ from corpus.types import Prompt
 from crypto.envelope import Envelope
 from crypto.errors import CryptoError
 from crypto.signing import VerifyKey
-from server.errors import KeyHolderError
-from server.fusion import Calibration, Fusion, FusionError, FusionInput, PrivacyModeError, check_range
+from server.errors import FusionError, KeyHolderError, PrivacyModeError
+from server.fusion import Calibration, Fusion, FusionInput, check_range
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from server.state import StateStore
@@ -214,9 +220,9 @@ class RoundCoordinator:
     def run_round(self, kind: TaskKind, prompts: Sequence[Prompt], items: Sequence[TaskItem | tuple[int, str]], *,
                   now: float | None = None) -> RoundResult:
         """Issue one task per live agent, wait for quorum or deadline, then fuse (score) or collect."""
-        if kind != "score" and self.fusion.mode == "fused-only":
+        if kind != "score" and not self.fusion.collects_public_rounds:
             raise PrivacyModeError(f"fused-only: a {kind!r} round needs per-agent scores, which this mode never "
-                                   "decrypts")
+                                   "decrypts unless the policy sets privacy.public_rounds_per_agent = true")
         task_items = _items(items, len(prompts))
         now = self.clock() if now is None else now
         round_id = f"{kind}-{self.new_id()}"
@@ -276,11 +282,25 @@ class RoundCoordinator:
         return RoundResult(round_id, "score", "fused", tuple(asked), tuple(answered), outcome.agents_used,
                            rewards=outcome.rewards, weights=outcome.weights, envelope_sha256=digests, refused=refused)
 
+    def _key_bindings(self, envelopes: dict[str, Envelope]) -> dict[str, dict[str, Any] | None]:
+        """fused-only public rounds: each agent's enrolment key binding, for the key holder to check itself."""
+        if self.fusion.mode != "fused-only":
+            return {}
+        out: dict[str, dict[str, Any] | None] = {}
+        for agent in envelopes:
+            row = self.state.agent(agent)
+            try:
+                binding = json.loads(row["privacy_report"]).get("key_binding") if row else None
+            except (ValueError, TypeError, AttributeError):
+                binding = None
+            out[agent] = binding if isinstance(binding, dict) else None
+        return out
+
     def _collect(self, round_id: str, kind: TaskKind, asked: Sequence[str], answered: Sequence[str],
                  envelopes: dict[str, Envelope], digests: dict[str, str], refused: dict[str, str]) -> RoundResult:
-        raw = self.fusion.per_agent(round_id, envelopes)
+        raw, not_decrypted = self.fusion.collect(round_id, envelopes, self._key_bindings(envelopes))
         kept, out_of_range, clipped = check_range(raw, self.fusion.scores)
-        refused = {**refused, **out_of_range}
+        refused = {**refused, **not_decrypted, **out_of_range}
         vectors = {a: [float(v) for v in t.tolist()] for a, t in kept.items()}
         if len(vectors) < self.policy.quorum:
             return self._skip(round_id, kind, asked, answered, f"{len(vectors)} agents usable after checks, quorum "

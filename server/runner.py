@@ -7,19 +7,23 @@ Process model of ``mor server run`` — one process, one :class:`audit.AuditLog`
   thread installs no handlers, so SIGTERM/SIGINT reach :class:`StopFlag`, which only sets a
   flag. (uvicorn *in* the main thread re-raises the signal after its own shutdown, which kills
   the process before the audit log is closed.) The API thread stops through ``should_exit``.
-* Training stops cooperatively, at a step boundary: the trainer waits (for agents, for each
-  round's answers) through the ``sleep`` it is given, and that sleep raises
-  :class:`ShutdownRequested` once the flag is set. A GRPO step waits for its scoring round
-  before its optimizer step, so the step in flight is dropped before it changes any weight;
-  finished steps are already checkpointed (``save_steps=1``) and a restart resumes from the
-  last one. The round that was waiting is closed (``round.abandoned``; its tasks expire and
-  late envelopes get 410), and so are rounds left open by a crashed predecessor.
-* Then the API stops (open long-polls get :data:`GRACE_S`), ``server.stopped`` is recorded,
-  the audit log signs its final checkpoint, and the command exits 0. A second signal while
-  stopping is only acknowledged: SIGKILL aborts (the audit log recovers a torn line at the next start).
+* Training stops cooperatively; the trainer asks the flag (``stop=``) and decides where:
+  before GRPO (waiting for agents, calibration and router rounds) its waits raise
+  :class:`~server.errors.ShutdownRequested` and the round that was waiting is closed
+  (``round.abandoned``; its tasks expire and late envelopes get 410). During GRPO the step in
+  flight finishes — its round was already sent to the agents — and a TrainerCallback ends
+  training there with a checkpoint saved, so a restart resumes from exactly that step.
+  Either way ``training.stopped`` (reason, step, checkpoint) is recorded; rounds left open by
+  a crashed predecessor are closed at start.
+* Then the API stops: :attr:`Services.stopping` makes open long-polls answer 204 at once (so
+  uvicorn's graceful shutdown, capped at :data:`GRACE_S`, does not wait for idle agents),
+  ``server.stopped`` is recorded, the audit log signs its final checkpoint, and the command
+  exits 0. A second signal while stopping is only acknowledged: SIGKILL aborts (the audit log
+  recovers a torn line at the next start).
 
-Stop latency: the flag is seen at the trainer's next wait, so a stop during model loading or
-generation takes effect when that finishes.
+Stop latency: before GRPO, about a second (the trainer's longest wait); during GRPO, the rest
+of the step in flight (at most the round deadline plus one optimizer step); a stop during
+model loading takes effect after the first step.
 """
 
 from __future__ import annotations
@@ -35,20 +39,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from server.errors import ServerError
+from server.errors import ServerError, ShutdownRequested
 from server.services import Services
 
 log = logging.getLogger("mor.server")
 GRACE_S = 5.0
 ACTOR = "server"
-
-
-class ShutdownRequested(BaseException):  # noqa: N818 - a request, like KeyboardInterrupt
-    """Raised inside the training run when a stop was requested.
-
-    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except Exception`` in TRL or
-    transformers swallows it on its way out.
-    """
 
 
 class StopFlag:
@@ -86,24 +82,24 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._event.is_set()
 
+    def requested(self) -> str | None:
+        """Why a stop was requested, or None: what the trainer's ``stop=`` asks."""
+        return (self.reason or "stop requested") if self._event.is_set() else None
+
     def wait(self, timeout: float | None = None) -> bool:
         return self._event.wait(timeout)
-
-    def sleep(self, seconds: float) -> None:
-        """``time.sleep`` that raises :class:`ShutdownRequested` as soon as a stop is requested."""
-        if self._event.wait(max(0.0, seconds)):
-            raise ShutdownRequested(self.reason)
 
 
 class ServiceThread:
     """One uvicorn server over mutual TLS in a daemon thread."""
 
-    def __init__(self, app: Any, *, host: str, port: int, ssl_context: Any, log_level: str, name: str) -> None:
+    def __init__(self, app: Any, *, host: str, port: int, ssl_context: Any, log_level: str, name: str,
+                 stopping: threading.Event | None = None) -> None:
         import uvicorn
 
         from server.mtls import uvicorn_config
 
-        self.name, self.address = name, f"https://{host}:{port}"
+        self.name, self.address, self.stopping = name, f"https://{host}:{port}", stopping
         self.server = uvicorn.Server(uvicorn_config(app, host=host, port=port, ssl_context=ssl_context,
                                                     log_level=log_level, timeout_graceful_shutdown=int(GRACE_S)))
         self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
@@ -122,7 +118,9 @@ class ServiceThread:
         return self.thread.is_alive()
 
     def stop(self) -> None:
-        """Stop accepting, let requests in flight finish (at most GRACE_S), join."""
+        """Release open long-polls, stop accepting, let requests in flight finish (at most GRACE_S), join."""
+        if self.stopping is not None:
+            self.stopping.set()
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(GRACE_S + 10)
@@ -160,9 +158,10 @@ def _record_start(services: Services, mode: str, **extra: Any) -> None:
             log.warning("INSECURE POLICY: %s", reason)
 
 
-def _api(runtime: Any, app: Any, section: Any, log_level: str, name: str) -> ServiceThread:
+def _api(runtime: Any, app: Any, section: Any, log_level: str, name: str,
+         stopping: threading.Event | None = None) -> ServiceThread:
     return ServiceThread(app, host=section.host, port=section.port, ssl_context=runtime.ssl_context,
-                         log_level=log_level, name=name)
+                         log_level=log_level, name=name, stopping=stopping)
 
 
 def serve(config_path: str | Path, *, log_level: str = "warning") -> None:
@@ -176,7 +175,8 @@ def serve(config_path: str | Path, *, log_level: str = "warning") -> None:
         reason = "start-up failed"
         try:
             _record_start(runtime.services, "serve")
-            api = _api(runtime, create_app(runtime.services), runtime.config.server, log_level, "mor-server-api")
+            api = _api(runtime, create_app(runtime.services), runtime.config.server, log_level, "mor-server-api",
+                       runtime.services.stopping)
             try:
                 api.start()
                 reason = serve_until_signal(api, stop)
@@ -202,7 +202,7 @@ def run(config_path: str | Path, training_path: str | Path, *, log_level: str = 
         try:
             _record_start(services, "run", training_config=str(Path(training_path).resolve()))
             abandon_open_rounds(services, "the server restarted: a round of the previous process cannot be fused")
-            api = _api(runtime, create_app(services), config.server, log_level, "mor-server-api")
+            api = _api(runtime, create_app(services), config.server, log_level, "mor-server-api", services.stopping)
             try:
                 api.start()
                 reason = _train(services, training, config, api, stop, run_training)
@@ -216,29 +216,36 @@ def run(config_path: str | Path, training_path: str | Path, *, log_level: str = 
 
 def _train(services: Services, training: Any, config: Any, api: ServiceThread, stop: StopFlag,
            run_training: Callable[..., Any]) -> str:
-    """The training run with a stop-aware sleep; returns why it ended (raises if it failed)."""
+    """The training run, told how to sleep and how to ask for a stop; returns why it ended (raises if it failed)."""
 
     def sleep(seconds: float) -> None:
-        stop.sleep(seconds)
+        time.sleep(seconds)
         if not api.alive():
             raise ServerError(f"{api.name} stopped unexpectedly: agents can no longer reach the server")
 
     try:
-        if stop.is_set():
-            raise ShutdownRequested(stop.reason)
-        report = run_training(services, training, server_config=config, sleep=sleep)
+        report = run_training(services, training, server_config=config, sleep=sleep, stop=stop.requested)
     except ShutdownRequested as exc:
-        reason = str(exc) or "stop requested"
-        services.audit.record(ACTOR, "training.stopped", {"reason": reason})
-        abandon_open_rounds(services, f"server stopping ({reason})")
-        return reason
+        return _training_stopped(services, str(exc) or "stop requested", step=None, checkpoint=None)
     except BaseException as exc:
         services.audit.record(ACTOR, "training.failed", {"error": f"{type(exc).__name__}: {exc}"})
         abandon_open_rounds(services, "training failed")
         raise
-    log.warning("training finished: %s steps, adapter %s", len(report.grpo.steps) if report.grpo else 0,
-                report.grpo.adapter_path if report.grpo else None)
+    grpo = report.grpo
+    if grpo is not None and grpo.stopped_reason is not None:
+        return _training_stopped(services, grpo.stopped_reason, step=grpo.global_step,
+                                 checkpoint=str(grpo.adapter_path))
+    log.warning("training finished: %s steps, adapter %s", len(grpo.steps) if grpo else 0,
+                grpo.adapter_path if grpo else None)
     return "training finished"
+
+
+def _training_stopped(services: Services, reason: str, *, step: int | None, checkpoint: str | None) -> str:
+    """``training.stopped`` (step None: stopped before GRPO began), then close what is still open."""
+    services.audit.record(ACTOR, "training.stopped", {"reason": reason, "step": step, "checkpoint": checkpoint})
+    abandon_open_rounds(services, f"server stopping ({reason})")
+    log.warning("training stopped (%s) at step %s; checkpoint %s", reason, step, checkpoint)
+    return reason
 
 
 def _close(runtime: Any, actor: str, action: str, data: dict[str, Any]) -> None:

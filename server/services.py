@@ -5,10 +5,16 @@ audit log and clock, and so the app cannot reach anything it was not given. What
 *may* hold follows the privacy mode: under ``ckks`` a :class:`~crypto.ckks.CKKSKeyOwner`;
 under ``fused-only`` only the key holder's public context (``ckks is None`` — the server
 process never holds a secret key); under ``tls-only`` neither.
+
+``stopping`` is set by the runner when the process is asked to stop: long-polls then answer
+204 at once, so uvicorn's graceful shutdown is not held up by agents waiting for tasks.
+What the status page shows of the router comes from the state store (the trainer records the
+router's weights there after each fit), so it is live and survives a restart.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,10 +24,9 @@ from crypto.ckks import CKKSKeyOwner, PublicContext
 from crypto.signing import SigningKey
 from server.admission import Admission
 from server.state import StateStore
-from wire.messages import PrivacyMode, PromptPayload, TaskItem
+from wire.messages import PrivacyMode
 
 Clock = Callable[[], float]
-CalibrationSource = Callable[[], tuple[list[PromptPayload], list[TaskItem]]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ServicePolicy:
     score_max: float
     out_of_range: Literal["clip", "refuse"]
     allowed_identities: frozenset[str] | None
+    public_rounds_per_agent: bool = False  # fused-only: the key holder may open public-round vectors per agent
     envelope_max_age_s: float = 300.0
     online_window_s: float = 120.0
     insecure_reasons: tuple[str, ...] = ()  # protections the policy switches off (recorded at start-up)
@@ -81,11 +87,10 @@ class Services:
     admission: Admission
     public_context: PublicContext | None
     ckks: CKKSKeyOwner | None = None
-    calibration: CalibrationSource = field(default=lambda: ([], []))
-    router_weights: Callable[[], dict[str, float]] = field(default=lambda: {})
     clock: Clock = time.time
     long_poll_max_s: float = 30.0
     poll_interval_s: float = 0.05
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         mode = self.policy.privacy_mode

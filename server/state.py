@@ -1,4 +1,4 @@
-"""Durable server state: enrolments, rounds, tasks, submissions, nonces.
+"""Durable server state: enrolments, rounds, tasks, submissions, nonces, the router's weights.
 
 Why a database and not memory: an accepted submission is a promise (the agent holds a signed
 receipt for it), so it must survive ``kill -9``; a nonce once seen must stay seen, or a
@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     insert,
     select,
     update,
@@ -55,7 +56,7 @@ rounds = Table(
     metadata,
     Column("round_id", String(100), primary_key=True),
     Column("kind", String(20), nullable=False),
-    Column("status", String(20), nullable=False),  # open | fused | skipped
+    Column("status", String(20), nullable=False),  # open | fused | collected | skipped
     Column("created_at", Float, nullable=False),
     Column("deadline", Float, nullable=False),
     Column("n_items", Integer, nullable=False),
@@ -93,6 +94,21 @@ nonces = Table(
     Column("nonce", String(100), primary_key=True),
     Column("expires_at", Float, nullable=False),
 )
+
+
+router_weights = Table(
+    "router_weights",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),
+    Column("digest", String(100), nullable=False),
+    Column("basis", String(200), nullable=False),
+    Column("by_domain", Text, nullable=False),
+    Column("overall", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+ROUND_STATUSES = ("open", "fused", "collected", "skipped")
 
 
 @dataclass(frozen=True)
@@ -190,9 +206,11 @@ class StateStore:
             ).values(status="expired"))
 
     def round_counts(self) -> dict[str, int]:
+        """Rounds per status: ``collected`` are calibrate/router rounds (per-agent vectors, never fused)."""
         with self._tx() as conn:
-            rows = conn.execute(select(rounds.c.status)).scalars().all()
-        return {status: rows.count(status) for status in ("open", "fused", "skipped")}
+            rows: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
+                select(rounds.c.status, func.count()).group_by(rounds.c.status)).all())
+        return {status: int(rows.get(status, 0)) for status in ROUND_STATUSES}
 
     def next_task(self, agent: str, now: float) -> TaskRow | None:
         """The oldest live task for ``agent`` (pending or delivered but unanswered)."""
@@ -231,6 +249,23 @@ class StateStore:
                 & (tasks.c.status.in_(("pending", "delivered")))
             ).values(status="declined"))
         return bool(result.rowcount)
+
+    # -- the router's current weights (for the status page) ----------------------------------
+    def set_router_weights(self, *, kind: str, digest: str, basis: str, by_domain: Mapping[str, Mapping[str, float]],
+                           overall: Mapping[str, float], now: float) -> None:
+        """Record the router now in use: mean weight per agent per prompt domain, and over all prompts."""
+        with self._tx() as conn:
+            conn.execute(insert(router_weights).values(
+                kind=kind, digest=digest, basis=basis, by_domain=json.dumps(by_domain), overall=json.dumps(overall),
+                updated_at=now))
+
+    def current_router_weights(self) -> dict[str, Any] | None:
+        """The last recorded router weights (``by_domain`` and ``overall`` decoded), or None if none yet."""
+        with self._tx() as conn:
+            row = conn.execute(select(router_weights).order_by(router_weights.c.id.desc())).mappings().first()
+        if row is None:
+            return None
+        return {**dict(row), "by_domain": json.loads(row["by_domain"]), "overall": json.loads(row["overall"])}
 
     # -- submissions ------------------------------------------------------------------------
     def record_submission(

@@ -3,6 +3,10 @@
 Operators and auditors open it in a browser holding their consortium certificate; it shows
 the same snapshot as ``/v1/status``. Everything interpolated passes through ``html.escape``:
 agent architectures and names come from the outside world.
+
+:class:`StatusSnapshot` is that snapshot: the v1 wire ``ServerStatus`` plus what an operator
+needs beyond it — calibrate/router rounds (``rounds_collected``) and the router in use, with
+its mean weight per agent per prompt domain as the trainer last recorded it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,29 @@ from __future__ import annotations
 import datetime as dt
 from html import escape
 
+from pydantic import BaseModel, ConfigDict
+
 from wire.messages import ServerStatus
+
+
+class RouterWeightsView(BaseModel):
+    """The router in use: what it is and how it weights the agents, per prompt domain."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    digest: str
+    basis: str
+    updated_at: float
+    by_domain: dict[str, dict[str, float]]
+
+
+class StatusSnapshot(ServerStatus):
+    """``ServerStatus`` (``router_weights``: mean over all prompts) plus the fields above."""
+
+    rounds_collected: int
+    router: RouterWeightsView | None
+
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:1rem 0}
@@ -31,7 +57,20 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render_status_page(status: ServerStatus) -> str:
+def _router_section(status: StatusSnapshot) -> str:
+    router = status.router
+    if router is None:
+        return "<p>not trained yet</p>"
+    domains = sorted(router.by_domain)
+    rows = [[f"<code>{escape(agent)}</code>", f"{overall:.4f}",
+             *(f"{router.by_domain[d].get(agent, 0.0):.4f}" for d in domains)]
+            for agent, overall in sorted(status.router_weights.items())]
+    about = (f"<p>{escape(router.kind)} router <code>{escape(router.digest)}</code>, {escape(router.basis)}; "
+             f"updated {escape(_when(router.updated_at))}</p>")
+    return about + _table(["agent", "all prompts", *domains], rows)
+
+
+def render_status_page(status: StatusSnapshot) -> str:
     """The HTML page for one status snapshot."""
     agents = [[
         f"<code>{escape(a.agent)}</code>", escape(a.architecture),
@@ -39,11 +78,11 @@ def render_status_page(status: ServerStatus) -> str:
         f"<span class='{'on' if a.online else 'off'}'>{'online' if a.online else 'offline'}</span>",
         escape(_when(a.last_seen)), str(a.submissions),
     ] for a in status.agents]
-    weights = [[f"<code>{escape(k)}</code>", f"{v:.4f}"] for k, v in sorted(status.router_weights.items())]
     summary = [
         ["consortium", escape(status.consortium)], ["privacy mode", escape(status.privacy_mode)],
         ["policy digest", f"<code>{escape(status.policy_digest)}</code>"],
-        ["rounds completed / skipped", f"{status.rounds_completed} / {status.rounds_skipped}"],
+        ["rounds fused / collected / skipped",
+         f"{status.rounds_completed} / {status.rounds_collected} / {status.rounds_skipped}"],
         ["current round", escape(status.current_round or "none")],
         ["audit log size", str(status.audit_size)],
         ["audit root (sha256)", f"<code>{escape(status.audit_root_sha256)}</code>"],
@@ -54,7 +93,6 @@ def render_status_page(status: ServerStatus) -> str:
         f"<h1>MoR-Secure aggregation server</h1>{_table(['', ''], summary)}"
         f"<h2>Agents ({len(status.agents)})</h2>"
         + _table(["agent", "architecture", "ε / budget", "δ", "state", "last seen", "submissions"], agents)
-        + "<h2>Router weights</h2>"
-        + (_table(["agent", "weight"], weights) if weights else "<p>not trained yet</p>")
+        + "<h2>Router weights</h2>" + _router_section(status)
         + "</body></html>"
     )

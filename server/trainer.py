@@ -5,14 +5,23 @@ Read top to bottom, it is the alignment run of DESIGN.md §"One alignment run", 
 1. wait until at least ``quorum`` agents are enrolled and live;
 2. calibration round (kind ``calibrate``) on a public batch: the server measures each agent's
    score mean/std from what the agent actually sends, so calibration matches the scores it
-   fuses. Under ``fused-only`` per-agent scores are never decrypted, so the agents'
-   self-reports (``POST /v1/calibration``) are used instead;
+   fuses. Under ``fused-only`` the key holder decrypts these public-round vectors per agent
+   only if the policy sets ``privacy.public_rounds_per_agent``; otherwise only calibrations the
+   agents reported themselves (``POST /v1/calibration``) can be used; enrolment sends no
+   batch, so without such reports agents stay on their own scale (noted in the report);
 3. router round (kind ``router``) on ``build_public_pairs``: every agent scores chosen and
    rejected; the :class:`~server.router.LearnedRouter` is fitted by Bradley–Terry likelihood
-   and ``router.updated`` audited with its digest. Under ``fused-only`` (no per-agent scores)
-   a router fitted earlier is loaded from ``router_path`` or the uniform router is kept;
+   and ``router.updated`` audited with its digest. Under ``fused-only`` the same, through the
+   key holder, when the policy opts in; without it a router fitted earlier is loaded from
+   ``router_path`` or the uniform router is kept (loud warning, ``router.unchanged``).
+   The router in use is summarised in the state store for the status page: its mean weight
+   per agent per prompt domain over the GRPO prompts (:func:`publish_router_weights`);
 4. GRPO via :func:`server.grpo.run_grpo` with the :class:`~server.federated_reward.FederatedReward`;
    each step goes to ``metrics.jsonl`` and the audit log (``grpo.step``).
+
+Stopping: ``stop()`` returns a reason once a stop is requested. Before GRPO every wait raises
+:class:`~server.errors.ShutdownRequested` (nothing is lost: a restart repeats these stages);
+during GRPO the step in flight finishes and is checkpointed, and the report's ``grpo`` says so.
 
 :func:`run_training` is what ``mor server run`` calls with the service's :class:`Services`.
 """
@@ -32,10 +41,11 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
+from corpus.types import Prompt
 from server.config import FrozenConfig, ServerConfig, load_toml_model
-from server.errors import TrainingError
+from server.errors import ShutdownRequested, TrainingError
 from server.fusion import Calibration, FusedDecryptor, Fusion, ScoreRange
-from server.grpo import GRPOResult, GRPORunConfig, run_grpo
+from server.grpo import GRPOResult, GRPORunConfig, StopCheck, run_grpo
 from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration
 from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
 from server.services import Services
@@ -101,7 +111,8 @@ def _fusion(services: Services, keyholder: FusedDecryptor | None) -> Fusion:
         return Fusion.ckks(scores=scores, audit=services.audit, key_owner=services.ckks)
     if keyholder is None or services.public_context is None:
         raise TrainingError("privacy mode fused-only: needs the key holder client and its public context")
-    return Fusion.fused_only(scores=scores, audit=services.audit, context=services.public_context, keyholder=keyholder)
+    return Fusion.fused_only(scores=scores, audit=services.audit, context=services.public_context, keyholder=keyholder,
+                             public_rounds_per_agent=services.policy.public_rounds_per_agent)
 
 
 def keyholder_client(server_config: ServerConfig) -> Any:
@@ -143,7 +154,7 @@ def calibrate(coordinator: RoundCoordinator, services: Services, config: Trainin
     """Stage 2: measured calibration (tls-only/ckks) or the agents' self-reports (fused-only)."""
     from corpus import build_calibration_set
 
-    if coordinator.fusion.mode != "fused-only":
+    if coordinator.fusion.collects_public_rounds:
         batch = build_calibration_set(config.n_calibration, seed=config.seed)
         result = coordinator.run_round("calibrate", [p for p, _ in batch], [(i, r) for i, (_, r) in enumerate(batch)])
         for agent, values in (result.vectors or {}).items():
@@ -191,6 +202,36 @@ def fit_router_on_public_pairs(coordinator: RoundCoordinator, calibrations: dict
     return router, report.to_dict()
 
 
+def publish_router_weights(state: StateStore, router: RouterBase, features: torch.Tensor, domains: Sequence[str], *,
+                           basis: str, now: float) -> dict[str, dict[str, float]]:
+    """Record the router now in use for the status page: mean weight per agent, per domain and overall."""
+    weights = router.weights(features, list(router.agents))
+
+    def mean(rows: torch.Tensor) -> dict[str, float]:
+        return {a: round(float(w), 6) for a, w in zip(router.agents, rows.mean(0).tolist(), strict=True)}
+
+    by_domain = {d: mean(weights[[i for i, x in enumerate(domains) if x == d]]) for d in sorted(set(domains))}
+    state.set_router_weights(kind=router.kind, digest=router.digest(), basis=basis, by_domain=by_domain,
+                             overall=mean(weights), now=now)
+    return by_domain
+
+
+def _interruptible(sleep: Callable[[float], None], stop: StopCheck) -> Callable[[float], None]:
+    """``sleep`` that raises ShutdownRequested once ``stop()`` gives a reason (checked before and after)."""
+
+    def raise_if_stopping() -> None:
+        reason = stop()
+        if reason is not None:
+            raise ShutdownRequested(reason)
+
+    def wait(seconds: float) -> None:
+        raise_if_stopping()
+        sleep(seconds)
+        raise_if_stopping()
+
+    return wait
+
+
 def _initial_router(config: TrainingSection, agents: Sequence[str]) -> RouterBase:
     if config.router == "fixed":
         return make_router("fixed", agents, weights=config.fixed_weights or {})
@@ -199,19 +240,24 @@ def _initial_router(config: TrainingSection, agents: Sequence[str]) -> RouterBas
 
 def run_training(services: Services, config: TrainingSection, *, server_config: ServerConfig | None = None,
                  keyholder: FusedDecryptor | None = None, features: FeatureFn | None = None,
-                 sleep: Callable[[float], None] = time.sleep, show_progress: bool = True) -> TrainingReport:
+                 sleep: Callable[[float], None] = time.sleep, stop: StopCheck = lambda: None,
+                 show_progress: bool = True) -> TrainingReport:
     """The whole server-side run (see the module docstring); returns what it did and where it wrote it."""
+    from corpus import build_prompts
+
     if services.policy.privacy_mode == "fused-only" and keyholder is None and server_config is not None:
         keyholder = keyholder_client(server_config)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     audit, actor = services.audit, "server"
     fusion = _fusion(services, keyholder)
+    wait = _interruptible(sleep, stop)
     # -- 1. agents --------------------------------------------------------------------------------
-    agents = wait_for_agents(services, config.quorum, config.enrol_timeout_s, sleep)
+    wait(0.0)
+    agents = wait_for_agents(services, config.quorum, config.enrol_timeout_s, wait)
     coordinator = RoundCoordinator(
         state=services.state, audit=audit, fusion=fusion, router=_initial_router(config, agents), features=features,
-        clock=services.clock, sleep=sleep, show_progress=show_progress,
+        clock=services.clock, sleep=wait, show_progress=show_progress,
         policy=RoundPolicy(quorum=config.quorum, deadline_s=config.deadline_s,
                            online_window_s=services.policy.online_window_s),
     )
@@ -226,7 +272,7 @@ def run_training(services: Services, config: TrainingSection, *, server_config: 
         report.notes.append(f"uncalibrated agents (identity scale used): {missing}")
     # -- 3. router --------------------------------------------------------------------------------
     router = coordinator.router
-    if config.router == "learned" and coordinator.fusion.mode != "fused-only":
+    if config.router == "learned" and coordinator.fusion.collects_public_rounds:
         learned, report.router_fit = fit_router_on_public_pairs(coordinator, calibrations, config)
         learned.save(out / "router.safetensors", overwrite=True)
         audit.record(actor, "router.updated", {"digest": learned.digest(), "kind": "learned",
@@ -238,14 +284,24 @@ def run_training(services: Services, config: TrainingSection, *, server_config: 
                                                "file": str(config.router_path), "fit": None})
     else:
         reason = (f"router = {config.router}" if config.router != "learned" else
-                  "fused-only: per-agent scores are never decrypted, so the router cannot be fitted here; set "
-                  "router_path to a router fitted earlier")
+                  "router not fitted: uniform (fused-only without privacy.public_rounds_per_agent = true: per-agent "
+                  "scores are never decrypted; opt in, or set router_path to a router fitted earlier)")
+        if config.router == "learned":
+            log.warning("ROUTER NOT FITTED: %s", reason)
         report.notes.append(f"router not fitted: {reason}")
         audit.record(actor, "router.unchanged", {"digest": router.digest(), "kind": router.kind, "reason": reason})
     coordinator.set_router(router)
     report.router_digest = router.digest()
-    # -- 4. GRPO ----------------------------------------------------------------------------------
-    report.grpo, report.metrics_path = _grpo(coordinator, services, config)
+    prompts = build_prompts(config.n_prompts, split="train", seed=config.seed)
+    inputs = coordinator.prompt_features(prompts) if router.kind == "learned" else torch.zeros(len(prompts), 1)
+    publish_router_weights(services.state, router, inputs, [p.domain for p in prompts], now=services.clock(),
+                           basis=f"mean over the {len(prompts)} GRPO training prompts")
+    # -- 4. GRPO: from here a stop lets the step in flight finish (its round is out) -------------
+    wait(0.0)
+    coordinator.sleep = sleep
+    report.grpo, report.metrics_path = _grpo(coordinator, services, config, prompts, stop)
+    if report.grpo.stopped_reason is not None:
+        return report
     audit.record(actor, "training.finished", {"steps": len(report.grpo.steps), "adapter": str(report.grpo.adapter_path),
                                               "lora_delta_norm": report.grpo.lora_delta_norm,
                                               "router_digest": report.router_digest})
@@ -256,14 +312,13 @@ def run_training(services: Services, config: TrainingSection, *, server_config: 
     return report
 
 
-def _grpo(coordinator: RoundCoordinator, services: Services, config: TrainingSection) -> tuple[GRPOResult, Path]:
-    from corpus import build_prompts
+def _grpo(coordinator: RoundCoordinator, services: Services, config: TrainingSection, prompts: Sequence[Prompt],
+          stop: StopCheck) -> tuple[GRPOResult, Path]:
     from server.federated_reward import FederatedReward
 
     if not (config.model_path / "config.json").is_file():
         raise TrainingError(f"model_path {config.model_path}: not a model checkpoint folder (no config.json)")
     out = config.output_dir
-    prompts = build_prompts(config.n_prompts, split="train", seed=config.seed)
     reward = FederatedReward(coordinator, prompts, step_log=out / "rounds.jsonl")
     metrics = out / "metrics.jsonl"
 
@@ -275,7 +330,7 @@ def _grpo(coordinator: RoundCoordinator, services: Services, config: TrainingSec
             if k in record})
 
     result = run_grpo(
-        model_path=config.model_path, prompts=prompts, reward_fn=reward, step_logger=step_logger,
+        model_path=config.model_path, prompts=prompts, reward_fn=reward, step_logger=step_logger, stop=stop,
         config=GRPORunConfig(output_dir=out / "grpo", group_size=config.group_size, max_steps=config.max_steps,
                              per_device_batch=config.per_device_batch, beta=config.beta,
                              learning_rate=config.learning_rate, max_completion_length=config.max_completion_length,

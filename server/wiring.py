@@ -32,6 +32,7 @@ from server.config import ServerConfig
 from server.errors import ConfigError
 from server.keyholder.app import KeyHolderServices
 from server.keyholder.config import KeyHolderConfig
+from server.keyholder.public_rounds import PublicRoundGate
 from server.services import ServicePolicy, Services
 from server.state import StateStore
 
@@ -58,6 +59,7 @@ def service_policy_of(policy: Policy) -> ServicePolicy:
         score_min=policy.scores.min, score_max=policy.scores.max, out_of_range=policy.scores.out_of_range,
         allowed_identities=None if admitted.allow_all_certified else frozenset(admitted.allowed_identities),
         insecure_reasons=tuple(policy.insecure_reasons()),
+        public_rounds_per_agent=policy.privacy.public_rounds_per_agent,
     )
 
 
@@ -170,6 +172,21 @@ class KeyHolderRuntime:
         self.audit.close()
 
 
+def _public_round_gate(config: KeyHolderConfig, consortium: str, owner: CKKSKeyOwner,
+                       revocations: RevocationList) -> PublicRoundGate | None:
+    """Per-agent decryption of public rounds, as the key holder's own copy of the policy allows it."""
+    path = config.keyholder.policy
+    if path is None:
+        return None
+    policy = load_consortium_policy(path)
+    if policy.consortium != consortium:
+        raise ConfigError(f"{config.source}: [keyholder].policy {path} is for consortium {policy.consortium!r}, the "
+                          f"server identity for {consortium!r}")
+    return PublicRoundGate(enabled=policy.privacy.public_rounds_per_agent, ca_cert=config.tls.ca,
+                           is_revoked=revocations.is_revoked, context_sha256=owner.public_context.sha256,
+                           policy_source=str(path))
+
+
 def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
     """The key holder's services (loads or creates its secret context); close the result at shutdown."""
     section = config.keyholder
@@ -182,13 +199,19 @@ def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
         else:
             owner = CKKSKeyOwner.generate(precision=section.precision)
             owner.save(section.secret_context)
-        admission = Admission(consortium=consortium, revocations=RevocationList(config.tls.crl, config.tls.ca),
+        revocations = RevocationList(config.tls.crl, config.tls.ca)
+        admission = Admission(consortium=consortium, revocations=revocations,
                               rate_limiter=RateLimiter(section.requests_per_s, max(1, int(section.requests_per_s))))
     except (CryptoError, OSError) as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
+    public_rounds = _public_round_gate(config, consortium, owner, revocations)
     audit = open_audit(section.audit_dir, signing_key, origin=f"mor://{consortium}/keyholder")
     services = KeyHolderServices(owner=owner, server_identity=section.server_identity, audit=audit,
-                                 admission=admission, max_body_bytes=section.max_body_bytes)
+                                 admission=admission, max_body_bytes=section.max_body_bytes,
+                                 public_rounds=public_rounds)
+    audit.record("keyholder", "keyholder.per_agent_policy", {
+        "policy": str(section.policy) if section.policy else None,
+        "public_rounds_per_agent": public_rounds is not None and public_rounds.enabled})
     return KeyHolderRuntime(config=config, services=services, audit=audit, ssl_context=context)
 
 

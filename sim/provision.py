@@ -296,7 +296,8 @@ def provision(out: Path, source_policy: Path, *, scale: Scale, seed: int = 0,
         write_toml(consortium.keyholder_config, {
             "keyholder": {"host": LOOPBACK, "port": keyholder_port, "server_identity": server.identity,
                           "secret_context": str(data / "ckks-secret.bin"), "audit_dir": str(data / "audit"),
-                          "signing_key": str(data / "keyholder-signing.pem")},
+                          "signing_key": str(data / "keyholder-signing.pem"),
+                          "policy": str(consortium.policy_path)},
             "tls": {"cert": str(keyholder.cert_path), "key": str(keyholder.key_path), "ca": str(ca.ca_cert_path),
                     "crl": str(ca.crl_path)},
         })

@@ -1,9 +1,11 @@
 """`mor bench --smoke` keeps working: real CKKS, real Opacus, a real `mor server serve` with agent processes.
 
 The smoke configuration is the benchmark itself at toy sizes (sections 2 ckks, 3 dp, 4 ingest,
-5 scaling; 1 and 6 take longer than this suite's budget and run with `mor bench`). What a
-user of the numbers cares about: every figure is a finite, positive ratio to a baseline from
-the same run, and under load the server lost nothing — accepted = receipts = rows = audit entries.
+5 scaling, and 1 exchange in fused-only with 16 responses; 6 takes longer than this suite's
+budget and runs with `mor bench`). What a user of the numbers cares about: every figure is a
+finite, positive ratio to a baseline from the same run; under load the server lost nothing —
+accepted = receipts = rows = audit entries; and section 1 timed the exchange it claims to:
+its stages add up to the round, and the scores that crossed the wire are the in-process ones.
 """
 
 from __future__ import annotations
@@ -74,3 +76,34 @@ def test_bad_arguments_are_one_line_errors() -> None:
     assert done.returncode == 2 and "each section is 1..6" in done.stderr
     done = _mor("bench", "--repeats", "0", "--sections", "2", timeout=60)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0 and "--repeats 0" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def exchange(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], dict]:
+    out = tmp_path_factory.mktemp("bench-exchange")
+    done = _mor("bench", "--smoke", "--sections", "1", "--repeats", "1", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, json.loads((out / "bench.json").read_text())
+
+
+def test_exchange_breakdown_adds_up_to_the_round(exchange: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    report = exchange[1]
+    assert report["failed"] == {}
+    figures = {f["name"]: f for f in report["figures"] if f["section"] == "1 exchange"}
+    (round_name,) = [n for n in figures if n.startswith("fused-only: round")]
+    whole = figures[round_name]
+    stages = [figures[f"fused-only: {stage}"] for stage in ("score", "seal", "transfer", "open/fuse", "route")]
+    for figure in [whole, *stages]:
+        for key in ("value", "baseline", "ratio"):
+            assert math.isfinite(figure[key]) and figure[key] > 0, (figure["name"], key, figure[key])
+    assert sum(f["value"] for f in stages) == pytest.approx(whole["value"], rel=1e-9)  # one repeat: medians = values
+    assert sum(f["ratio"] for f in stages) == pytest.approx(1.0, rel=1e-9)  # shares of the federated round
+    assert whole["baseline_name"] == "in-process" and "16 responses" in round_name
+
+
+def test_exchange_federated_scores_are_the_in_process_scores(exchange: tuple[subprocess.CompletedProcess[str], dict]
+                                                             ) -> None:
+    checks = exchange[1]["checks"]["1"]["fused-only"]
+    assert checks["scores_max_abs_diff"] <= 1e-4  # each agent process scored exactly what the local model scores
+    assert checks["fused_max_abs_diff"] <= 1e-3  # homomorphic fusion + key-holder decryption = in-process fusion
+    assert checks["breakdown_sum_error_s"] < 1e-6 and checks["equal"] is True

@@ -7,26 +7,23 @@ no secret key on the server side. All three modes must agree with a plaintext re
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import httpx
 import pytest
 import torch
+from helpers.memory_audit import MemoryAudit
 from helpers.pki import TestPKI, make_pki
 from helpers.procs import REPO_ROOT, ServiceProcess, free_port, wait_for_port
 
-from crypto.canonical import canonical_json
 from crypto.ckks import CKKSKeyOwner, PublicContext
 from crypto.envelope import Envelope, seal_scores, sign_plain_scores
 from crypto.signing import SigningKey
 from server.fusion import Calibration, Fusion, FusionInput, PrivacyModeError, ScoreRange
 from server.keyholder.client import KeyHolderClient
 from server.router import LearnedRouter
-from server.services import AuditRecord
 
 AGENTS = ("mor://testnet/client/alice", "mor://testnet/client/bob", "mor://testnet/client/carol")
 DIM = 8
@@ -60,26 +57,6 @@ uvicorn.Server(uvicorn_config(create_keyholder_app(services), host="127.0.0.1", 
                               ssl_context=context)).run()
 """
 
-
-class ListAudit:
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, str, dict[str, Any]]] = []
-
-    def record(self, actor: str, action: str, data: Any) -> AuditRecord:
-        self.entries.append((actor, action, dict(data)))
-        return AuditRecord(len(self.entries) - 1, hashlib.sha256(canonical_json([actor, action])).hexdigest())
-
-    def checkpoint(self) -> dict[str, Any]:
-        return {}
-
-    def proof(self, index: int) -> dict[str, Any]:
-        return {}
-
-    def size(self) -> int:
-        return len(self.entries)
-
-    def actions(self) -> list[str]:
-        return [a for _, a, _ in self.entries]
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +130,7 @@ def test_three_modes_agree_with_the_reference(keyholder: tuple[TestPKI, ServiceP
     router = input_dependent_router()
     want = reference(router, SCORES, CALIBRATIONS)
     assert max(want) - min(want) > 0.5  # a meaningful, input-dependent fused reward
-    audit = ListAudit()
+    audit = MemoryAudit()
 
     tls = Fusion.tls_only(scores=RANGE, audit=audit).fuse(
         router, FusionInput("score-r1", FEATURES, plain(SCORES, keys), CALIBRATIONS))
@@ -180,7 +157,7 @@ def test_three_modes_agree_with_the_reference(keyholder: tuple[TestPKI, ServiceP
 def test_missing_agent_is_renormalised_away(owner: CKKSKeyOwner, keys: dict[str, SigningKey]) -> None:
     router = input_dependent_router()
     two = {a: SCORES[a] for a in AGENTS[:2]}
-    outcome = Fusion.ckks(scores=RANGE, audit=ListAudit(), key_owner=owner).fuse(
+    outcome = Fusion.ckks(scores=RANGE, audit=MemoryAudit(), key_owner=owner).fuse(
         router, FusionInput("score-r1", FEATURES, sealed(two, owner.public_context, keys), CALIBRATIONS))
     assert outcome.agents_used == AGENTS[:2]
     full = router.weights(FEATURES, list(AGENTS))
@@ -194,12 +171,12 @@ def test_missing_agent_is_renormalised_away(owner: CKKSKeyOwner, keys: dict[str,
 def test_out_of_range_scores_are_refused_or_clipped(keys: dict[str, SigningKey]) -> None:
     router = input_dependent_router()
     bad = {**SCORES, AGENTS[2]: [50.0, 0.0, 0.0, 0.0, 0.0, 0.0]}
-    refused = Fusion.tls_only(scores=RANGE, audit=ListAudit()).fuse(
+    refused = Fusion.tls_only(scores=RANGE, audit=MemoryAudit()).fuse(
         router, FusionInput("score-r1", FEATURES, plain(bad, keys), CALIBRATIONS))
     assert refused.agents_used == AGENTS[:2] and "outside" in refused.refused[AGENTS[2]]
     assert refused.rewards == pytest.approx(reference(router, {a: SCORES[a] for a in AGENTS[:2]}, CALIBRATIONS))
 
-    clipped = Fusion.tls_only(scores=ScoreRange(-10, 10, "clip"), audit=ListAudit()).fuse(
+    clipped = Fusion.tls_only(scores=ScoreRange(-10, 10, "clip"), audit=MemoryAudit()).fuse(
         router, FusionInput("score-r1", FEATURES, plain(bad, keys), CALIBRATIONS))
     assert clipped.agents_used == AGENTS and clipped.clipped == {AGENTS[2]: 1}
     assert clipped.rewards == pytest.approx(reference(router, {**bad, AGENTS[2]: [10.0] + bad[AGENTS[2]][1:]},
@@ -213,7 +190,7 @@ def test_fused_only_refuses_items_outside_the_convex_bound(keyholder: tuple[Test
     bad = {**SCORES, AGENTS[1]: [1e4, 4.5, 3.0, 5.0, 6.0, 2.0]}  # hidden inside a ciphertext
     with KeyHolderClient(service.base_url, pki.server.client_context()) as client:
         context = client.public_context()
-        fusion = Fusion.fused_only(scores=RANGE, audit=ListAudit(), context=context, keyholder=client)
+        fusion = Fusion.fused_only(scores=RANGE, audit=MemoryAudit(), context=context, keyholder=client)
         outcome = fusion.fuse(router, FusionInput("score-r2", FEATURES, sealed(bad, context, keys, "score-r2"),
                                                   CALIBRATIONS))
     want = reference(router, SCORES, CALIBRATIONS)
@@ -223,20 +200,20 @@ def test_fused_only_refuses_items_outside_the_convex_bound(keyholder: tuple[Test
 
 def test_fused_only_holds_no_secret_and_never_opens_one_agent(owner: CKKSKeyOwner) -> None:
     with pytest.raises(PrivacyModeError, match="must not hold"):
-        Fusion("fused-only", RANGE, ListAudit(), key_owner=owner, context=owner.public_context,
+        Fusion("fused-only", RANGE, MemoryAudit(), key_owner=owner, context=owner.public_context,
                keyholder=object())  # type: ignore[arg-type]
-    fusion = Fusion.fused_only(scores=RANGE, audit=ListAudit(), context=owner.public_context,
+    fusion = Fusion.fused_only(scores=RANGE, audit=MemoryAudit(), context=owner.public_context,
                                keyholder=object())  # type: ignore[arg-type]
     with pytest.raises(PrivacyModeError, match="never decrypted"):
         fusion.per_agent("router-1", {})
     with pytest.raises(PrivacyModeError, match="CKKSKeyOwner is required"):
-        Fusion("ckks", RANGE, ListAudit())
+        Fusion("ckks", RANGE, MemoryAudit())
 
 
 def test_wrong_length_and_unknown_agents_are_refused(owner: CKKSKeyOwner, keys: dict[str, SigningKey]) -> None:
     router = input_dependent_router(AGENTS[:2])
     scores = {**SCORES, AGENTS[0]: SCORES[AGENTS[0]][:5]}
-    outcome = Fusion.ckks(scores=RANGE, audit=ListAudit(), key_owner=owner).fuse(
+    outcome = Fusion.ckks(scores=RANGE, audit=MemoryAudit(), key_owner=owner).fuse(
         router, FusionInput("score-r1", FEATURES, sealed(scores, owner.public_context, keys), CALIBRATIONS))
     assert outcome.agents_used == (AGENTS[1],)
     assert outcome.refused == {AGENTS[0]: "5 scores for 6 items", AGENTS[2]: "not an agent of the current router"}

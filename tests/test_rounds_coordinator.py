@@ -173,7 +173,7 @@ def test_below_quorum_is_skipped_and_never_fused(world: World) -> None:
     assert result.agents_answered == AGENTS[:2]
     assert "decrypt.agent" not in world.audit.actions()  # nothing was decrypted
     assert world.audit.actions()[-1] == "round.skipped"
-    assert world.state.round_counts() == {"open": 0, "fused": 0, "skipped": 1}
+    assert world.state.round_counts() == {"open": 0, "fused": 0, "collected": 0, "skipped": 1}
 
 
 def test_too_few_live_agents_skips_without_issuing_tasks(world: World) -> None:

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+from typing import Any
 
 import httpx
 from pydantic import ValidationError
 
 from crypto.ckks import PublicContext, SealedVector, load_public_context
+from crypto.envelope import Envelope
 from crypto.errors import ParameterError
 from server.errors import KeyHolderError
+from server.keyholder.messages import DecryptAgentRequest, DecryptAgentResponse
 from wire.messages import DecryptFusedRequest, DecryptFusedResponse, ErrorBody
 
 
 class KeyHolderClient:
-    """Synchronous client; ``ssl_context`` is the server's client context (its certificate)."""
+    """Synchronous client; ``ssl_context`` is the server's client context (its certificate).
+
+    KeyHolderError carries the key holder's refusal (``HTTP 403 not_public_round: ...``).
+    """
 
     def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 60.0) -> None:
         if not base_url.startswith("https://"):
@@ -67,3 +73,12 @@ class KeyHolderClient:
             return DecryptFusedResponse.model_validate_json(response.content)
         except ValidationError as exc:
             raise KeyHolderError(f"{self.base_url}/v1/decrypt-fused: malformed reply: {exc}") from None
+
+    def decrypt_agent(self, envelope: Envelope, *, key_binding: dict[str, Any]) -> DecryptAgentResponse:
+        """One agent's vector of a PUBLIC round (calibrate/router); the key holder checks the agent's signature."""
+        request = DecryptAgentRequest(envelope=envelope.to_dict(), key_binding=key_binding)
+        response = self._call("POST", "/v1/decrypt-agent", json=request.model_dump())
+        try:
+            return DecryptAgentResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise KeyHolderError(f"{self.base_url}/v1/decrypt-agent: malformed reply: {exc}") from None

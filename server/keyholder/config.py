@@ -8,6 +8,8 @@
     audit_dir = "data/audit"
     signing_key = "data/keyholder-signing.pem"
     precision = 0.0001                                      # released values are rounded to this
+    policy = "policy.toml"          # the consortium policy: per-agent decryption of public rounds
+                                    # only if its privacy.public_rounds_per_agent = true (unset: never)
 
     [tls]
     cert = "pki/keyholder/cert.pem"
@@ -35,6 +37,9 @@ class KeyHolderSection(FrozenConfig):
     precision: float = Field(1e-4, gt=0, le=1, description="decrypted values are rounded to this")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="largest request body accepted")
     requests_per_s: float = Field(50.0, gt=0, description="per-identity rate limit (token bucket rate)")
+    policy: Path | None = Field(None, description="the consortium policy; per-agent decryption of public "
+                                                  "calibrate/router rounds only if it sets "
+                                                  "privacy.public_rounds_per_agent = true (unset: never)")
 
 
 class KeyHolderConfig(FrozenConfig):

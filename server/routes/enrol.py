@@ -74,10 +74,11 @@ def enrol_agent(body: EnrolRequest, request: Request,
         "signing_key_sha256": key.fingerprint(),
         "privacy_report_sha256": hashlib.sha256(canonical_json(body.privacy_report)).hexdigest(),
     })
-    prompts, items = services.calibration()
+    # No calibration batch: the trainer measures each agent's scale itself in a ``calibrate``
+    # round (server/trainer.py), from the very scores it later fuses. The fields stay empty.
     return EnrolResponse(
         agent=caller.identity, privacy_mode=policy.privacy_mode, policy_digest=policy.digest,
         server_signing_public_key_b64=base64.b64encode(services.signing_key.verify_key().raw()).decode("ascii"),
         context_sha256=services.public_context.sha256 if services.public_context else None,
-        calibration=items, calibration_prompts=prompts,
+        calibration=[], calibration_prompts=[],
     )

@@ -19,8 +19,8 @@ from server.admission import Caller
 from server.routes.common import any_caller, services_of
 from server.services import Services
 from server.state import rounds, submissions
-from server.status_page import render_status_page
-from wire.messages import AgentStatus, ServerStatus
+from server.status_page import RouterWeightsView, StatusSnapshot, render_status_page
+from wire.messages import AgentStatus
 
 router = APIRouter(tags=["status"])
 
@@ -36,8 +36,8 @@ class KeyCustody(BaseModel):
     decryptions: int | None
 
 
-def server_status(services: Services) -> ServerStatus:
-    """Snapshot of rounds, agents, budgets and the audit head (read-only)."""
+def server_status(services: Services) -> StatusSnapshot:
+    """Snapshot of rounds, agents, budgets, the audit head and the router in use (read-only)."""
     state, policy, now = services.state, services.policy, services.clock()
     with state.engine.connect() as conn:
         per_agent: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
@@ -53,16 +53,19 @@ def server_status(services: Services) -> ServerStatus:
     ]
     counts = state.round_counts()
     head = services.audit.checkpoint()
-    return ServerStatus(
+    router = state.current_router_weights()
+    return StatusSnapshot(
         consortium=policy.consortium, privacy_mode=policy.privacy_mode, policy_digest=policy.digest, agents=agents,
-        rounds_completed=counts.get("fused", 0), rounds_skipped=counts.get("skipped", 0), current_round=current,
-        audit_size=int(head["size"]), audit_root_sha256=str(head["root_sha256"]),
-        router_weights=services.router_weights(),
+        rounds_completed=counts["fused"], rounds_collected=counts["collected"], rounds_skipped=counts["skipped"],
+        current_round=current, audit_size=int(head["size"]), audit_root_sha256=str(head["root_sha256"]),
+        router_weights=router["overall"] if router else {},
+        router=RouterWeightsView(kind=router["kind"], digest=router["digest"], basis=router["basis"],
+                                 updated_at=router["updated_at"], by_domain=router["by_domain"]) if router else None,
     )
 
 
-@router.get("/v1/status", response_model=ServerStatus, summary="Server status (JSON)")
-def status_json(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> ServerStatus:
+@router.get("/v1/status", response_model=StatusSnapshot, summary="Server status (JSON)")
+def status_json(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> StatusSnapshot:
     return server_status(services_of(request))
 
 

@@ -3,7 +3,7 @@
 Sections (issue #6), each a module with ``run(*, repeats, smoke, seed) -> SectionResult``:
 
 ====  ==========================  =============================================================
-1     (not built yet)             one scoring round over loopback mTLS vs in-process scoring
+1     :mod:`sim.bench.exchange`   one 512-response round, 3 real reward models, mTLS vs in-process
 2     :mod:`sim.bench.ckks_cost`  CKKS seal+open per score and bytes per score, 64..4096 scores
 3     :mod:`sim.bench.dp_step`    Opacus step time / peak memory vs the non-private step
 4     :mod:`sim.bench.ingest`     server ingest under 8/32/64 concurrent agent processes
@@ -28,13 +28,14 @@ from sim.bench.report import BenchReport
 from sim.bench.stats import Figure, SectionResult
 
 SECTIONS: dict[int, str] = {
+    1: "sim.bench.exchange",
     2: "sim.bench.ckks_cost",
     3: "sim.bench.dp_step",
     4: "sim.bench.ingest",
     5: "sim.bench.scaling",
     6: "sim.bench.grpo_step",
 }
-ORDER = (2, 3, 6, 4, 5)  # no network first: a broken server must not cost the offline figures
+ORDER = (2, 3, 6, 1, 4, 5)  # no network first: a broken server must not cost the offline figures
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +43,13 @@ __all__ = ["ORDER", "SECTIONS", "BenchReport", "Figure", "SectionResult", "run_b
 
 
 def run_bench(sections: Sequence[int], *, repeats: int, smoke: bool, out_dir: Path, command: str,
-              seed: int = 0) -> BenchReport:
+              seed: int = 0, compare_polling: bool = False) -> BenchReport:
     """Run ``sections`` (in :data:`ORDER`), write ``out_dir/bench.json`` after each, return the report.
 
     A section that fails is recorded (``failed``, with its error) and the others still run: one
     broken dependency must not hide every other figure. The JSON is rewritten after each
-    section so an interrupted run keeps what it measured.
+    section so an interrupted run keeps what it measured. ``compare_polling`` adds section 1's
+    before/after round with the coordinator's old poll interval.
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -57,7 +59,8 @@ def run_bench(sections: Sequence[int], *, repeats: int, smoke: bool, out_dir: Pa
         started = time.monotonic()
         try:
             module = importlib.import_module(SECTIONS[number])
-            result: SectionResult = module.run(repeats=repeats, smoke=smoke, seed=seed)
+            options = {"compare_polling": compare_polling} if number == 1 else {}
+            result: SectionResult = module.run(repeats=repeats, smoke=smoke, seed=seed, **options)
         except Exception as exc:  # noqa: BLE001 - recorded in the report, the run goes on
             log.error("bench section %d failed: %s", number, exc)
             report.failed[str(number)] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=6)}"

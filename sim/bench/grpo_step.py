@@ -27,6 +27,7 @@ import torch
 
 from corpus.types import Prompt
 from server.federated_reward import FederatedReward, completion_text
+from server.rounds import RoundPolicy
 from server.router import LearnedRouter
 from sim.bench.scorers import SCORERS
 from sim.bench.stats import SectionResult, paired
@@ -35,8 +36,8 @@ from sim.bench.thread_agents import ThreadAgents
 SECTION = "6 grpo"
 AGENTS = ("mor://bench/client/alice", "mor://bench/client/bob", "mor://bench/client/carol")
 FEATURE_DIM = 8
-DEFAULT_POLL_S = 0.1  # RoundPolicy's default, what server/trainer.py runs with
-FAST_POLL_S = 0.01
+OLD_POLL_S = 0.1  # RoundPolicy's default before the fix this section measured
+NEW_POLL_S = RoundPolicy(quorum=1, deadline_s=1.0).poll_interval_s  # the default now (server/trainer.py uses it)
 
 
 def features(prompts: Sequence[Prompt]) -> torch.Tensor:
@@ -112,7 +113,7 @@ def _run(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Callable[.
 
 
 def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
-    """Per repeat, one GRPO run alternating in-process / federated (default poll) / federated (fast poll)."""
+    """Per repeat, one GRPO run alternating in-process / federated (old poll) / federated (current poll)."""
     from corpus.prompts import build_prompts
     from server.vlm import build_small_vlm
 
@@ -131,7 +132,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
         try:
             for r in range(repeats):
                 variants: dict[str, Callable[..., Any]] = {"in-process": in_process_reward(prompts)}
-                for label, poll in (("federated", DEFAULT_POLL_S), ("federated-fastpoll", FAST_POLL_S)):
+                for label, poll in (("federated-before", OLD_POLL_S), ("federated", NEW_POLL_S)):
                     fed = FederatedReward(world.coordinator(_router(), features, quorum=len(AGENTS),
                                                             poll_interval_s=poll), prompts)
                     federated.append(fed)
@@ -146,12 +147,12 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     if skipped:
         notes.append(f"{skipped} federated rounds were skipped (below quorum): those steps paid no reward")
     figures = []
-    for label, poll in (("federated", DEFAULT_POLL_S), ("federated-fastpoll", FAST_POLL_S)):
+    for label, poll in (("federated-before", OLD_POLL_S), ("federated", NEW_POLL_S)):
         what = f"3 agents, ckks, coordinator poll {poll}s"
         figures.append(paired(SECTION, f"GRPO step, {what}", "s", steps[label], "in-process reward",
                               steps["in-process"], skipped_rounds=skipped))
         figures.append(paired(SECTION, f"reward call, {what}", "s", calls[label], "in-process call",
                               calls["in-process"]))
-    figures.append(paired(SECTION, "reward call, fast poll vs default poll (after/before)", "s",
-                          calls["federated-fastpoll"], "default poll", calls["federated"]))
+    figures.append(paired(SECTION, f"reward call, coordinator poll {NEW_POLL_S}s vs {OLD_POLL_S}s (after/before)",
+                          "s", calls["federated"], f"poll {OLD_POLL_S}s", calls["federated-before"]))
     return SectionResult(figures, notes)

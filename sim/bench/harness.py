@@ -30,7 +30,7 @@ from crypto.pki import CertificateAuthority, init_ca
 START_TIMEOUT_S = 90.0
 _ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
 CONSORTIUM = "bench"
-Mode = Literal["ckks", "tls-only"]
+Mode = Literal["ckks", "tls-only", "fused-only"]
 
 
 def free_port() -> int:
@@ -108,7 +108,12 @@ class Consortium:
 class ServerProcess:
     """``mor server serve`` on a free loopback port; a context manager that always stops it."""
 
-    def __init__(self, consortium: Consortium, mode: Mode, *, name: str = "server") -> None:
+    command: tuple[str, ...] = ("server", "serve")
+
+    def __init__(self, consortium: Consortium, mode: Mode, *, name: str = "server",
+                 keyholder_url: str | None = None) -> None:
+        if (mode == "fused-only") != (keyholder_url is not None):
+            raise ValueError("a key holder URL is needed exactly under fused-only")
         self.port = free_port()
         self.data = consortium.directory / f"{name}-{mode}"
         self.data.mkdir(parents=True, exist_ok=True)
@@ -123,6 +128,7 @@ database_url = "sqlite:///{self.data / 'state.db'}"
 audit_dir = "{self.data / 'audit'}"
 signing_key = "{self.data / 'server-signing.pem'}"
 ckks_secret_context = "{self.data / 'ckks-secret.bin'}"
+{f'keyholder_url = "{keyholder_url}"' if keyholder_url else ""}
 output_dir = "{self.data / 'out'}"
 
 [tls]
@@ -139,13 +145,21 @@ crl = "{ca.crl_path}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
+        return self.launch().wait_listening()
+
+    def launch(self) -> ServerProcess:
+        """Start the process without waiting (start several, then :meth:`wait_listening` on each)."""
         with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen([sys.executable, "-c", _ENTRY, "server", "serve", "--config",
+            self.proc = subprocess.Popen([sys.executable, "-c", _ENTRY, *self.command, "--config",
                                           str(self.config)], env=_env(), stdout=sink, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_listening(self) -> ServerProcess:
+        assert self.proc is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mor server serve exited with {self.proc.returncode}: "
+                raise RuntimeError(f"mor {' '.join(self.command)} exited with {self.proc.returncode}: "
                                    f"{self.log.read_text('utf-8', errors='replace')[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
@@ -153,7 +167,7 @@ crl = "{ca.crl_path}"
             except OSError:
                 time.sleep(0.1)
         self.stop()
-        raise TimeoutError(f"mor server serve not listening after {START_TIMEOUT_S}s")
+        raise TimeoutError(f"mor {' '.join(self.command)} not listening after {START_TIMEOUT_S}s")
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used so far (from /proc)."""
@@ -192,20 +206,57 @@ crl = "{ca.crl_path}"
         self.stop()
 
 
-class AgentProcess:
-    """One :mod:`sim.bench.synth_agent` process; JSON lines on stdin (commands) and stdout (replies)."""
+class KeyHolderProcess(ServerProcess):
+    """``mor keyholder serve`` (fused-only: the only party that decrypts, and only fused vectors)."""
 
-    def __init__(self, consortium: Consortium, name: str, server: ServerProcess, *, log_dir: Path) -> None:
+    command = ("keyholder", "serve")
+
+    def __init__(self, consortium: Consortium, *, name: str = "keyholder") -> None:
+        self.port = free_port()
+        self.data = consortium.directory / name
+        self.data.mkdir(parents=True, exist_ok=True)
+        party, ca = consortium.party("keyholder"), consortium.ca
+        self.config = self.data / "keyholder.toml"
+        self.config.write_text(f"""[keyholder]
+host = "127.0.0.1"
+port = {self.port}
+server_identity = "mor://{CONSORTIUM}/server/server"
+secret_context = "{self.data / 'ckks-secret.bin'}"
+audit_dir = "{self.data / 'audit'}"
+signing_key = "{self.data / 'keyholder-signing.pem'}"
+requests_per_s = 1000.0
+
+[tls]
+cert = "{party / 'cert.pem'}"
+key = "{party / 'key.pem'}"
+ca = "{ca.ca_cert_path}"
+crl = "{ca.crl_path}"
+""", "utf-8")
+        self.log = self.data / "keyholder.log"
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.audit_dir = self.data / "audit"
+        self.proc = None
+
+
+class AgentProcess:
+    """One agent process (default :mod:`sim.bench.synth_agent`); JSON lines on stdin (commands) and stdout (replies).
+
+    ``server=None`` starts an agent that connects later, on command (:mod:`sim.bench.model_agent`).
+    """
+
+    def __init__(self, consortium: Consortium, name: str, server: ServerProcess | None, *, log_dir: Path,
+                 module: str = "sim.bench.synth_agent", extra_args: tuple[str, ...] = ()) -> None:
         party = consortium.party(name)
         self.name = name
         self.identity = f"mor://{CONSORTIUM}/client/{name}"
         self.log = log_dir / f"{name}.log"
         log_dir.mkdir(parents=True, exist_ok=True)
+        url = ("--url", server.url) if server is not None else ()
         with self.log.open("ab") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sim.bench.synth_agent", "--url", server.url, "--cert",
-                 str(party / "cert.pem"), "--key", str(party / "key.pem"), "--ca", str(consortium.ca.ca_cert_path),
-                 "--identity", self.identity],
+                [sys.executable, "-m", module, *url, "--cert", str(party / "cert.pem"), "--key",
+                 str(party / "key.pem"), "--ca", str(consortium.ca.ca_cert_path), "--identity", self.identity,
+                 *extra_args],
                 env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sink,
             )
 

@@ -1,0 +1,139 @@
+"""Where one federated scoring round spends its time: score, seal, transfer, open/fuse, route.
+
+A round runs across four processes (bench coordinator, server, three agents), so no single
+timer sees it. Each stage is read from a clock that brackets it, all ``time.time()`` on the
+one machine:
+
+* the agents stamp ``received`` (task in hand), ``scored``, ``sealed`` and ``receipted``
+  (:mod:`sim.bench.model_agent`);
+* :class:`TimedFusion` stamps when the coordinator hands the verified envelopes to the
+  privacy-mode fusion (``fuse_start``);
+* :class:`TimedRouter` and :func:`timed_features` add up the router's own work (prompt
+  embedding, weights, weighted sum) wherever the coordinator calls it.
+
+The agents work in parallel, so the round's critical path runs through the *last* agent to
+get its receipt (``L``). Then, with ``t0``/``t1`` the bench's stamps around ``run_round``:
+
+* ``score = scored_L - received_L``; ``seal = sealed_L - scored_L``;
+* ``route`` = router + prompt-feature seconds;
+* ``open/fuse = (t1 - fuse_start) - router seconds inside fusion``: decryption (ckks), the
+  key holder's round trip (fused-only), range checks, calibration, the ``round.fused`` audit
+  entry and closing the round;
+* ``transfer`` = the rest of ``t1 - t0``: issuing the round, the long-poll delivery, TLS +
+  HTTP both ways, the server's verification/storage/receipt, the coordinator's poll wake-up
+  and its re-verification of the stored envelopes.
+
+The five add up to ``t1 - t0`` by construction; :func:`breakdown` checks the stamps are in
+order so that a stage can never be negative by accident.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from corpus.types import Prompt
+from server.fusion import Fusion, FusionInput, FusionOutcome
+from server.router.base import RouterBase
+
+STAGES = ("score", "seal", "transfer", "open/fuse", "route")
+
+
+@dataclass
+class StageClock:
+    """Seconds the router and the feature function spent, and when fusion started."""
+
+    router_s: float = 0.0
+    features_s: float = 0.0
+    fuse_start: float | None = None
+
+    def reset(self) -> None:
+        self.router_s, self.features_s, self.fuse_start = 0.0, 0.0, None
+
+
+class TimedRouter(RouterBase):
+    """Delegates to ``inner``; adds the time of each outermost call to ``clock.router_s``."""
+
+    kind: ClassVar[str] = "timed"  # never audited: config() and the digest are the inner router's
+
+    def __init__(self, inner: RouterBase, clock: StageClock) -> None:
+        self.inner, self.clock, self.agents, self._depth = inner, clock, inner.agents, 0
+
+    def _timed(self, call: Callable[[], torch.Tensor]) -> torch.Tensor:
+        self._depth += 1
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self.clock.router_s += time.perf_counter() - start
+
+    def masked_weights(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.inner.masked_weights(features, mask)
+
+    def config(self) -> dict[str, Any]:
+        return self.inner.config()
+
+    def state_fingerprint(self) -> dict[str, Any]:
+        return self.inner.state_fingerprint()
+
+    def weights(self, features: torch.Tensor, available: Sequence[str]) -> torch.Tensor:
+        return self._timed(lambda: RouterBase.weights(self, features, available))
+
+    def fuse(self, features: torch.Tensor, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        return self._timed(lambda: RouterBase.fuse(self, features, scores))
+
+    def weights_for_fused_only(self, features: torch.Tensor, available: Sequence[str]) -> torch.Tensor:
+        return self._timed(lambda: RouterBase.weights_for_fused_only(self, features, available))
+
+
+def timed_features(fn: Callable[[Sequence[Prompt]], torch.Tensor], clock: StageClock
+                   ) -> Callable[[Sequence[Prompt]], torch.Tensor]:
+    """``fn`` with its seconds added to ``clock.features_s`` (the router's input: part of *route*)."""
+
+    def features(prompts: Sequence[Prompt]) -> torch.Tensor:
+        start = time.perf_counter()
+        try:
+            return fn(prompts)
+        finally:
+            clock.features_s += time.perf_counter() - start
+
+    return features
+
+
+@dataclass(frozen=True)
+class TimedFusion(Fusion):
+    """The privacy mode's fusion, stamping (wall clock) when the coordinator starts it."""
+
+    clock: StageClock = field(default_factory=StageClock, compare=False)
+
+    def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
+        self.clock.fuse_start = time.time()
+        return super().fuse(router, inp)
+
+
+def breakdown(t0: float, t1: float, agents: Mapping[str, Mapping[str, float]], clock: StageClock
+              ) -> dict[str, float]:
+    """Seconds per stage of one round (see the module docstring); ValueError if the stamps are out of order.
+
+    >>> c = StageClock(router_s=0.1, features_s=0.2, fuse_start=10.0)
+    >>> a = {"x": {"received": 1.0, "scored": 5.0, "sealed": 5.5, "receipted": 6.0}}
+    >>> {k: round(v, 3) for k, v in breakdown(0.0, 11.0, a, c).items()}
+    {'score': 4.0, 'seal': 0.5, 'transfer': 5.3, 'open/fuse': 0.9, 'route': 0.3, 'round': 11.0}
+    """
+    if not agents or clock.fuse_start is None:
+        raise ValueError("no agent stamps or fusion never started: the round was not fused")
+    last = max(agents.values(), key=lambda s: s["receipted"])
+    order = [t0, last["received"], last["scored"], last["sealed"], last["receipted"], clock.fuse_start, t1]
+    if any(b < a for a, b in zip(order, order[1:], strict=False)):
+        raise ValueError(f"stage stamps out of order: {order}")
+    stages = {"score": last["scored"] - last["received"], "seal": last["sealed"] - last["scored"],
+              "open/fuse": (t1 - clock.fuse_start) - clock.router_s,
+              "route": clock.router_s + clock.features_s}
+    stages["transfer"] = (t1 - t0) - sum(stages.values())
+    return {name: stages[name] for name in STAGES} | {"round": t1 - t0}

@@ -47,6 +47,7 @@ from client_agent.errors import (
 )
 from client_agent.ledger import LedgerEntry, TaskLedger, utc_day
 from client_agent.local_model import load_trained, wire_privacy_report
+from client_agent.local_policy import check_task_allowed
 from client_agent.privacy_report import SignedPrivacyReport
 from client_agent.receipts import receipt_sha256, verify_receipt, verify_receipt_inclusion
 from client_agent.rewards.base import RewardModel
@@ -230,19 +231,8 @@ class Agent:
 
     def check_limits(self, task: ScoringTask, session: Session, now: float) -> None:
         """Raise :class:`LocalPolicyRefusal` if the agent's own policy forbids this task."""
-        n, limits = len(task.items), self.config.limits
-        if task.privacy_mode != session.privacy_mode or task.privacy_mode != self.policy.privacy.mode:
-            raise LocalPolicyRefusal("privacy_mode_mismatch", f"task asks for privacy mode {task.privacy_mode!r}; "
-                                     f"the consortium policy says {self.policy.privacy.mode!r}")
-        if n > limits.max_items_per_task or n > self.policy.scores.max_vector_length:
-            raise LocalPolicyRefusal("task_too_large", f"{n} items; the local limit is {limits.max_items_per_task} "
-                                     f"(policy max_vector_length {self.policy.scores.max_vector_length})")
-        done = self.ledger.items_scored_on(utc_day(now))
-        if done + n > limits.max_items_per_day:
-            raise LocalPolicyRefusal("daily_cap", f"{n} items would exceed the daily cap of "
-                                     f"{limits.max_items_per_day} ({done} scored today)")
-        if task.deadline <= now:
-            raise LocalPolicyRefusal("task_expired", f"deadline {task.deadline} has passed")
+        check_task_allowed(task, session_mode=session.privacy_mode, policy=self.policy, limits=self.config.limits,
+                           scored_today=self.ledger.items_scored_on(utc_day(now)), now=now)
 
     def handle(self, task: ScoringTask, session: Session) -> None:
         """One task: never scored twice (the ledger), refused if the local policy says so."""

@@ -18,7 +18,7 @@ One tree, so the agent loop (and the ``mor client`` command) can catch exactly w
      ├── AgentConfigError          agent.toml unreadable or invalid (file, [table].key, reason)
      ├── ScoringError              a task payload cannot be scored (bad image, index, non-finite score)
      ├── LedgerError               the durable task ledger cannot be opened, read or written
-     ├── LocalPolicyRefusal        a task breaks the agent's own limits (size, daily cap, privacy mode)
+     ├── LocalPolicyRefusal        a task breaks the agent's own limits (client_agent.local_policy)
      └── ChannelError              talking to the aggregation server failed
           ├── ServerUnreachableError  network errors / 5xx / 429 outlasted the retry policy
           ├── ServerRefusedError      a 4xx reply (carries the status and the server's error code)

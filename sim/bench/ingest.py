@@ -41,7 +41,7 @@ def create_rounds(state: StateStore, agents: list[str], rounds: int, n_items: in
                           ).model_dump()
     now = time.time()
     for _ in range(rounds):
-        round_id = f"bench-{uuid.uuid4().hex}"
+        round_id = f"score-bench-{uuid.uuid4().hex}"
         state.create_round(round_id, kind="score", n_items=n_items, deadline=now + deadline_s, now=now,
                            task_payloads={a: (f"{round_id}-{i}", payload) for i, a in enumerate(agents)})
 

@@ -94,7 +94,7 @@ def server_data(config: Path) -> dict[str, Any]:
 
 def issue_task(database_url: str, agent: str, *, n_items: int, deadline_s: float = 120.0) -> tuple[str, str]:
     """Open a one-task score round for ``agent`` in the server's store, as the coordinator does: (round, task)."""
-    round_id, task_id = f"r-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    round_id, task_id = f"score-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     items = [TaskItem(prompt_index=0, response=f"answer {i}") for i in range(n_items)]
     payload = TaskPayload(kind="score", prompts=[], items=items).model_dump()
     store = StateStore(database_url)

@@ -16,7 +16,8 @@ on one scale: ``z = (s - mean) / std``. In fused-only mode it is folded into the
 weights (``w / std``) and a plaintext offset (``sum w * mean / std``) subtracted after
 decryption, so all three modes compute the same number (to CKKS precision).
 
-Per-agent vectors (calibrate and router rounds, all on public data) come from :meth:`Fusion.collect`:
+Per-agent vectors (calibrate and router rounds, all on public data) come from :meth:`Fusion.collect`
+(the functions live in :mod:`server.agent_vectors`):
 decrypted by the server (ckks), read from the signed header (tls-only) or — fused-only, only
 when the policy sets ``privacy.public_rounds_per_agent`` — decrypted by the key holder, which
 checks each agent's own signature on a ``calibrate-``/``router-`` round id before it opens
@@ -39,14 +40,15 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import torch
 
 from crypto.ckks import CKKSKeyOwner, PublicContext, SealedVector
 from crypto.envelope import Envelope
 from crypto.errors import IntegrityError
-from server.errors import FusionError, KeyHolderError, PrivacyModeError
+from server.agent_vectors import AgentDecryptor, decrypt_vectors, keyholder_vectors, plain_vectors
+from server.errors import FusionError, PrivacyModeError
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from wire.messages import PrivacyMode
@@ -67,28 +69,6 @@ class DecryptedFused(Protocol):
     def values(self) -> list[float]: ...
     @property
     def decryptions(self) -> int: ...
-    @property
-    def audit_index(self) -> int: ...
-
-
-@runtime_checkable
-class AgentDecryptor(Protocol):
-    """fused-only, public rounds: the key holder's per-agent decryption (``KeyHolderClient.decrypt_agent``)."""
-
-    def decrypt_agent(self, envelope: Envelope, *, key_binding: dict[str, Any]) -> DecryptedAgent: ...
-
-
-class DecryptedAgent(Protocol):
-    """The key holder's reply (``server.keyholder.messages.DecryptAgentResponse``)."""
-
-    @property
-    def agent(self) -> str: ...
-    @property
-    def round_id(self) -> str: ...
-    @property
-    def values(self) -> list[float]: ...
-    @property
-    def agent_decryptions(self) -> int: ...
     @property
     def audit_index(self) -> int: ...
 
@@ -212,69 +192,6 @@ def _fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Se
         refused=refused, clipped=clipped, uncalibrated=tuple(a for a in used if a not in inp.calibrations),
         decryptions=decryptions,
     )
-
-
-# -- per-agent vectors (tls-only, ckks) ----------------------------------------------------------
-def plain_vectors(envelopes: Mapping[str, Envelope]) -> dict[str, list[float]]:
-    """tls-only: the scores signed in each envelope's header."""
-    out: dict[str, list[float]] = {}
-    for agent, env in envelopes.items():
-        if env.kind != "plain" or env.scores is None:
-            raise FusionError(f"{agent}: a {env.kind!r} envelope where tls-only expects 'plain'")
-        out[agent] = list(env.scores)
-    return out
-
-
-def decrypt_vectors(envelopes: Mapping[str, Envelope], *, key_owner: CKKSKeyOwner, audit: AuditTrail,
-                    round_id: str, actor: str = "server") -> tuple[dict[str, list[float]], int]:
-    """ckks: decrypt each agent's vector with the server's key owner; audit every decryption."""
-    out: dict[str, list[float]] = {}
-    total = 0
-    for agent, env in sorted(envelopes.items()):
-        if env.kind != "ckks" or env.context_sha256 is None:
-            raise FusionError(f"{agent}: a {env.kind!r} envelope where ckks expects 'ckks'")
-        sealed = SealedVector(env.ciphertexts, env.length, env.context_sha256)
-        try:
-            out[agent] = key_owner.decrypt(sealed)
-        except IntegrityError:
-            raise FusionError(f"{agent}: ciphertext does not decrypt under the server's context") from None
-        total += len(sealed.chunks)
-        audit.record(actor, "decrypt.agent", {
-            "round_id": round_id, "agent": agent, "envelope_sha256": env.sha256(), "chunks": len(sealed.chunks),
-            "decryptions_total": key_owner.decryptions,
-        })
-    return out, total
-
-
-def keyholder_vectors(envelopes: Mapping[str, Envelope], *, keyholder: AgentDecryptor,
-                      key_bindings: Mapping[str, dict[str, Any] | None], audit: AuditTrail, round_id: str,
-                      actor: str = "server") -> tuple[dict[str, list[float]], dict[str, str]]:
-    """fused-only, public rounds: each agent's vector decrypted by the key holder; (vectors, refused).
-
-    One request, and one audit entry (``keyholder.agent_decryption``, outcome ok or refused), per
-    agent. A refusal drops that agent only (the round's quorum decides the rest).
-    """
-    out: dict[str, list[float]] = {}
-    refused: dict[str, str] = {}
-    for agent, env in sorted(envelopes.items()):
-        record: dict[str, Any] = {"round_id": round_id, "agent": agent, "envelope_sha256": env.sha256()}
-        binding = key_bindings.get(agent)
-        try:
-            if binding is None:
-                raise KeyHolderError("the agent enrolled without a key binding, so the key holder cannot check its "
-                                     "envelope key (update the agent and let it re-enrol)")
-            reply = keyholder.decrypt_agent(env, key_binding=binding)
-            if (reply.agent, reply.round_id, len(reply.values)) != (agent, round_id, env.length):
-                raise KeyHolderError(f"reply is for {reply.agent} / {reply.round_id} with {len(reply.values)} values")
-        except KeyHolderError as exc:
-            refused[agent] = f"key holder: {exc}"
-            audit.record(actor, "keyholder.agent_decryption", {**record, "outcome": "refused", "reason": str(exc)})
-            continue
-        out[agent] = list(reply.values)
-        audit.record(actor, "keyholder.agent_decryption", {
-            **record, "outcome": "ok", "keyholder_audit_index": reply.audit_index,
-            "keyholder_agent_decryptions": reply.agent_decryptions})
-    return out, refused
 
 
 # -- the three modes -----------------------------------------------------------------------------

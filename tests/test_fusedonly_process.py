@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from helpers.consortium import actions, audit_report, server_data
+from helpers.memory_audit import MemoryAudit
 from helpers.pki import make_pki
 from helpers.procs import (
     REPO_ROOT,
@@ -35,7 +36,6 @@ from helpers.procs import (
     write_server_config,
     write_toml,
 )
-from test_fusedonly_units import Trail
 from test_rounds_coordinator import features
 
 from corpus.builders import build_calibration_set, build_client_pairs, build_prompts
@@ -112,7 +112,7 @@ def test_fused_only_fits_router_and_calibrates_through_key_holder_only_on_public
                 identities = sorted(a["identity"] for a in store.list_agents())
                 assert all("key_binding" in json.loads(a["privacy_report"]) for a in store.list_agents())
 
-                trail = Trail()
+                trail = MemoryAudit()
                 with KeyHolderClient(keyholder.base_url, pki.server.client_context()) as client:
                     fusion = Fusion.fused_only(scores=ScoreRange(-50, 50), audit=trail, context=client.public_context(),
                                                keyholder=client, public_rounds_per_agent=True)

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 import torch
+from helpers.memory_audit import MemoryAudit
 from PIL import Image
-from test_fusion_modes import ListAudit, input_dependent_router
+from test_fusion_modes import input_dependent_router
 
 from corpus.types import Prompt
 from crypto.ckks import CKKSKeyOwner
@@ -56,7 +57,7 @@ def make_prompt(i: int) -> Prompt:
 class World:
     def __init__(self, tmp: Path, mode: str = "ckks") -> None:
         self.state = StateStore(f"sqlite:///{tmp / 'state.db'}")
-        self.audit = ListAudit()
+        self.audit = MemoryAudit()
         self.owner = CKKSKeyOwner.generate() if mode == "ckks" else None
         self.keys = {a: SigningKey.generate() for a in AGENTS}
         self.router = input_dependent_router(AGENTS)

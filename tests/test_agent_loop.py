@@ -76,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _issue(database_url: str, agent: str, n_items: int, deadline_s: float = 120.0) -> tuple[str, str]:
     """One score round with one task for ``agent``: real prompt images and candidate answers."""
-    round_id, task_id = f"r-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
+    round_id, task_id = f"score-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}"
     prompts = [prompt_payload(p) for p, _ in CANDIDATES[:3]]
     items = [{"prompt_index": i % 3, "response": CANDIDATES[i % 12][1] + f" ({i})"} for i in range(n_items)]
     store = StateStore(database_url)

@@ -61,5 +61,10 @@ def test_round_end_to_end_in_privacy_mode(policy: str, mode: str, cache: Path, t
         assert report.ok and report.actions_by_actor and any(
             "decrypt.fused" in counts for counts in report.actions_by_actor.values())
         assert not list((out / "server").rglob("ckks-secret*")), "the server must hold no CKKS secret key"
+        # healthcare opts in to public rounds per agent: the router is fitted through the key holder,
+        # which opened only calibrate/router vectors (3 agents x 2 public rounds), never a score round
+        assert results["training"]["router"]["fitted"] is True
+        opened = sum(counts.get("decrypt.agent", 0) for counts in report.actions_by_actor.values())
+        assert opened == actions["keyholder.agent_decryption"] >= 6
     else:
         assert actions["decrypt.agent"] == 0 and actions["policy.insecure"] >= 1

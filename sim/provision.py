@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policies.render import toml_document
 from sim.errors import ProvisionError
 
 LOOPBACK = "127.0.0.1"
@@ -132,27 +133,10 @@ def secure_rng_available() -> bool:
     return importlib.util.find_spec("torchcsprng") is not None
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_toml(path: Path, tables: Mapping[str, Mapping[str, object]]) -> Path:
     """One ``[table]`` per entry (None values left out)."""
-    lines = ["# written by `mor demo` (sim/provision.py)", ""]
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
-        lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), "utf-8")
+    path.write_text(toml_document(tables, header="written by `mor demo` (sim/provision.py)"), "utf-8")
     return path
 
 

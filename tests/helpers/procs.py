@@ -24,6 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from helpers.pki import TestPKI
+from policies.render import toml_document
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 90.0
@@ -37,25 +38,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def write_toml(path: Path, tables: Mapping[str, Mapping[str, object]], top: Mapping[str, object] | None = None) -> Path:
     """Write ``top`` keys, then one ``[table]`` per entry of ``tables`` (None values are left out)."""
-    lines = [f"{key} = {_toml_value(value)}" for key, value in (top or {}).items() if value is not None]
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if value is not None]
-        lines.append("")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines), "utf-8")
+    path.write_text(toml_document(tables, top=top), "utf-8")
     return path
 
 

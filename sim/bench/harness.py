@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from crypto.pki import CertificateAuthority, init_ca
+from sim.provision import write_toml
 
 START_TIMEOUT_S = 90.0
 _ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
@@ -120,23 +121,13 @@ class ServerProcess:
         ca = consortium.ca
         server_party = consortium.party("server")
         self.config = self.data / "server.toml"
-        self.config.write_text(f"""[server]
-host = "127.0.0.1"
-port = {self.port}
-policy = "{write_policy(self.data / 'policy.toml', mode)}"
-database_url = "sqlite:///{self.data / 'state.db'}"
-audit_dir = "{self.data / 'audit'}"
-signing_key = "{self.data / 'server-signing.pem'}"
-ckks_secret_context = "{self.data / 'ckks-secret.bin'}"
-{f'keyholder_url = "{keyholder_url}"' if keyholder_url else ""}
-output_dir = "{self.data / 'out'}"
-
-[tls]
-cert = "{server_party / 'cert.pem'}"
-key = "{server_party / 'key.pem'}"
-ca = "{ca.ca_cert_path}"
-crl = "{ca.crl_path}"
-""", "utf-8")
+        tls = {"cert": server_party / "cert.pem", "key": server_party / "key.pem", "ca": ca.ca_cert_path,
+               "crl": ca.crl_path}
+        write_toml(self.config, {"server": {
+            "host": "127.0.0.1", "port": self.port, "policy": write_policy(self.data / "policy.toml", mode),
+            "database_url": f"sqlite:///{self.data / 'state.db'}", "audit_dir": self.data / "audit",
+            "signing_key": self.data / "server-signing.pem", "ckks_secret_context": self.data / "ckks-secret.bin",
+            "keyholder_url": keyholder_url, "output_dir": self.data / "out"}, "tls": tls})
         self.log = self.data / "server.log"
         self.url = f"https://127.0.0.1:{self.port}"
         self.database_url = f"sqlite:///{self.data / 'state.db'}"
@@ -217,21 +208,11 @@ class KeyHolderProcess(ServerProcess):
         self.data.mkdir(parents=True, exist_ok=True)
         party, ca = consortium.party("keyholder"), consortium.ca
         self.config = self.data / "keyholder.toml"
-        self.config.write_text(f"""[keyholder]
-host = "127.0.0.1"
-port = {self.port}
-server_identity = "mor://{CONSORTIUM}/server/server"
-secret_context = "{self.data / 'ckks-secret.bin'}"
-audit_dir = "{self.data / 'audit'}"
-signing_key = "{self.data / 'keyholder-signing.pem'}"
-requests_per_s = 1000.0
-
-[tls]
-cert = "{party / 'cert.pem'}"
-key = "{party / 'key.pem'}"
-ca = "{ca.ca_cert_path}"
-crl = "{ca.crl_path}"
-""", "utf-8")
+        write_toml(self.config, {"keyholder": {
+            "host": "127.0.0.1", "port": self.port, "server_identity": f"mor://{CONSORTIUM}/server/server",
+            "secret_context": self.data / "ckks-secret.bin", "audit_dir": self.data / "audit",
+            "signing_key": self.data / "keyholder-signing.pem", "requests_per_s": 1000.0},
+            "tls": {"cert": party / "cert.pem", "key": party / "key.pem", "ca": ca.ca_cert_path, "crl": ca.crl_path}})
         self.log = self.data / "keyholder.log"
         self.url = f"https://127.0.0.1:{self.port}"
         self.audit_dir = self.data / "audit"

@@ -51,10 +51,9 @@ from client_agent.local_policy import check_task_allowed
 from client_agent.privacy_report import SignedPrivacyReport
 from client_agent.receipts import receipt_sha256, verify_receipt, verify_receipt_inclusion
 from client_agent.rewards.base import RewardModel
-from client_agent.scoring import calibrate, score_items
+from client_agent.scoring import calibrate, score_items, seal_for_mode
 from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.ckks import PublicContext, load_public_context
-from crypto.envelope import seal_scores, sign_plain_scores
 from crypto.errors import CryptoError
 from crypto.key_binding import bind_signing_key
 from crypto.signing import SigningKey, VerifyKey
@@ -259,13 +258,8 @@ class Agent:
         outside = sum(1 for v in values if not low <= v <= high)
         if outside:
             log.warning("task %s: %d raw scores outside the policy range [%s, %s]", task.task_id, outside, low, high)
-        common: dict[str, Any] = dict(signing_key=self.signing_key, sender=self.identity, round_id=task.round_id,
-                                      task_id=task.task_id, now=self.clock())
-        if session.privacy_mode == "tls-only":
-            envelope = sign_plain_scores(values, **common)
-        else:
-            assert session.context is not None
-            envelope = seal_scores(values, session.context, **common)
+        envelope = seal_for_mode(values, session.privacy_mode, session.context, signing_key=self.signing_key,
+                                 sender=self.identity, round_id=task.round_id, task_id=task.task_id, now=self.clock())
         self.ledger.record_sealed(task_id=task.task_id, round_id=task.round_id, kind=task.kind, n_items=len(values),
                                   envelope=envelope.to_dict(), envelope_sha256=envelope.sha256(), now=now)
         self.record("task.sealed", task=task, digests={"envelope_sha256": envelope.sha256()},

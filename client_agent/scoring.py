@@ -35,7 +35,10 @@ from tqdm import tqdm
 
 from client_agent.errors import ScoringError
 from client_agent.rewards.base import RewardModel
-from wire.messages import CalibrationReport, PromptPayload, TaskItem
+from crypto.ckks import PublicContext
+from crypto.envelope import Envelope, seal_scores, sign_plain_scores
+from crypto.signing import SigningKey
+from wire.messages import CalibrationReport, PrivacyMode, PromptPayload, TaskItem
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,19 @@ def calibrate(model: RewardModel, prompts: Sequence[PromptPayload], items: Seque
     """Score the public calibration batch and summarise it (no private data is touched)."""
     return Calibration.from_scores(score_items(model, prompts, items, batch_size=batch_size, max_pixels=max_pixels,
                                                progress=progress))
+
+
+def seal_for_mode(values: Sequence[float], mode: PrivacyMode, context: PublicContext | None, *,
+                  signing_key: SigningKey, sender: str, round_id: str, task_id: str,
+                  now: float | None = None) -> Envelope:
+    """The signed envelope the privacy mode asks for: CKKS-sealed, or (``tls-only`` only) plain.
+
+    One place decides, so no caller can send clear scores under ``ckks``/``fused-only`` by
+    taking the wrong branch; those modes need the server's public context (set at enrolment).
+    """
+    if mode == "tls-only":
+        return sign_plain_scores(values, signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
+                                 now=now)
+    assert context is not None, f"privacy mode {mode!r} needs the server's public CKKS context"
+    return seal_scores(values, context, signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
+                       now=now)

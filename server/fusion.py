@@ -317,14 +317,6 @@ class Fusion:
         return fuse_fused_only(router, inp, scores=self.scores, context=self.context, keyholder=self.keyholder,
                                audit=self.audit, actor=self.actor)
 
-    def per_agent(self, round_id: str, envelopes: Mapping[str, Envelope],
-                  key_bindings: Mapping[str, dict[str, Any] | None] | None = None) -> dict[str, list[float]]:
-        """Each agent's raw scores on a public round (see :meth:`collect`); refusals raise FusionError."""
-        vectors, refused = self.collect(round_id, envelopes, key_bindings)
-        if refused:
-            raise FusionError("; ".join(f"{a}: {r}" for a, r in sorted(refused.items())))
-        return vectors
-
     def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
                 key_bindings: Mapping[str, dict[str, Any] | None] | None = None
                 ) -> tuple[dict[str, list[float]], dict[str, str]]:

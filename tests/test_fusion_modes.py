@@ -205,7 +205,7 @@ def test_fused_only_holds_no_secret_and_never_opens_one_agent(owner: CKKSKeyOwne
     fusion = Fusion.fused_only(scores=RANGE, audit=MemoryAudit(), context=owner.public_context,
                                keyholder=object())  # type: ignore[arg-type]
     with pytest.raises(PrivacyModeError, match="never decrypted"):
-        fusion.per_agent("router-1", {})
+        fusion.collect("router-1", {})
     with pytest.raises(PrivacyModeError, match="CKKSKeyOwner is required"):
         Fusion("ckks", RANGE, MemoryAudit())
 

@@ -33,8 +33,7 @@ from typing import Any
 
 from client_agent.receipts import verify_receipt
 from client_agent.rewards.registry import load_reward_model
-from client_agent.scoring import score_items
-from crypto.envelope import seal_scores, sign_plain_scores
+from client_agent.scoring import score_items, seal_for_mode
 from sim.bench.synth_agent import Agent as WireAgent
 from wire.messages import Receipt, ScoringTask
 
@@ -54,13 +53,8 @@ def answer_one(agent: WireAgent, model: Any, max_s: float, batch_size: int) -> d
     scores = score_items(model, task.prompts, task.items, batch_size=batch_size, progress=False)
     values = [float(v) for v in scores.tolist()]
     scored = time.time()
-    ids: dict[str, Any] = {"signing_key": agent.key, "sender": agent.identity, "round_id": task.round_id,
-                           "task_id": task.task_id, "now": scored}
-    if agent.mode == "tls-only":
-        envelope = sign_plain_scores(values, **ids)
-    else:
-        assert agent.context is not None
-        envelope = seal_scores(values, agent.context, **ids)
+    envelope = seal_for_mode(values, agent.mode, agent.context, signing_key=agent.key, sender=agent.identity,
+                             round_id=task.round_id, task_id=task.task_id, now=scored)
     body = {"task_id": task.task_id, "envelope": envelope.to_dict()}
     sealed = time.time()
     answer = agent.http.post("/v1/submissions", json=body)

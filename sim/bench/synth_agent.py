@@ -37,6 +37,7 @@ from crypto.ckks import PublicContext, load_public_context
 from crypto.envelope import Envelope, seal_scores, sign_plain_scores
 from crypto.signing import SigningKey, VerifyKey
 from crypto.tls import client_ssl_context
+from wire.messages import PrivacyMode
 
 
 class Agent:
@@ -46,7 +47,7 @@ class Agent:
         self.key = SigningKey.generate()
         context = client_ssl_context(args.cert, args.key, args.ca, None)
         self.http = httpx.Client(base_url=args.url, verify=context, timeout=httpx.Timeout(60.0))
-        self.mode = "ckks"
+        self.mode: PrivacyMode = "ckks"
         self.server_key: VerifyKey | None = None
         self.context: PublicContext | None = None
         self._sealed: dict[int, Envelope] = {}

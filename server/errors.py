@@ -1,7 +1,7 @@
 """Exceptions raised by :mod:`server`.
 
 One tree, so callers catch exactly what they mean (add new leaves here, under the branch
-they belong to, and redraw the tree; ``tests/test_servergaps_errors.py`` fails on any
+they belong to, and redraw the tree; ``tests/test_server_error_tree.py`` fails on any
 exception class under ``server/`` that is not in this drawing or not under ``ServerError``)::
 
     ServerError

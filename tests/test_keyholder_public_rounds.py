@@ -2,7 +2,7 @@
 
 Real material throughout: certificates from a test CA, Ed25519-signed envelopes, CKKS
 ciphertexts decrypted by a real :class:`~crypto.ckks.CKKSKeyOwner` (in this process: the HTTP
-path is covered by ``test_fusedonly_process.py``).
+path is covered by ``test_keyholder_public_rounds_process.py``).
 """
 
 from __future__ import annotations

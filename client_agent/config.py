@@ -41,7 +41,8 @@ class AgentSection(_Section):
     server_cert_sha256: str | None = Field(
         default=None, description="optional pin: SHA-256 (hex) of the server certificate")
     policy: Path = Field(description="the consortium policy TOML this agent was given")
-    data_dir: Path = Field(default=Path("data"), description="private preference pairs (corpus on-disk format)")
+    data_dir: Path = Field(default=Path("data"),
+                           description="private preference pairs: a `mor data import --kind pairs` dataset")
     state_dir: Path = Field(
         default=Path("state"), description="audit log, task ledger, reward model, privacy report")
     signing_key: Path | None = Field(

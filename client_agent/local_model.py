@@ -1,11 +1,12 @@
 """The agent's reward model on disk: train it under DP once, then load it, checked, for every run.
 
-``train_reward_model`` is the whole of ``mor client train``: private pairs (corpus on-disk
-format) -> the configured architecture -> :func:`client_agent.dp.train_private` within the
-agent's local budget *and* the consortium maximum -> the model and its signed privacy report
-in the state directory. ``load_trained`` refuses a model and report that do not belong
-together (report signed by another key, for another identity, or for other weights), so the
-agent can never enrol with a privacy claim about a model it is not running.
+``train_reward_model`` is the whole of ``mor client train``: private pairs (a ``mor data
+import --kind pairs`` dataset, or the original corpus layout) -> the configured architecture
+-> :func:`client_agent.dp.train_private` within the agent's local budget *and* the
+consortium maximum -> the model and its signed privacy report in the state directory.
+``load_trained`` refuses a model and report that do not belong together (report signed by
+another key, for another identity, or for other weights), so the agent can never enrol with
+a privacy claim about a model it is not running.
 
 What the server sees (:func:`wire_privacy_report`): the accounting fields of the report, the
 model's weight digest and the digest of the full local report — not the architecture, unless
@@ -47,9 +48,9 @@ def train_reward_model(config: AgentConfig, *, identity: str, signing_key: Signi
     """Train under DP on ``[agent].data_dir``; save the model and the signed report in ``state_dir``."""
     import torch
 
-    from corpus.store import load_pairs
+    from corpus.dataset import load_pair_dataset
 
-    pairs = load_pairs(config.agent.data_dir)
+    pairs = load_pair_dataset(config.agent.data_dir).pairs
     policy = config.consortium_policy()
     model = build_reward_model(config)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.training.lr)

@@ -4,7 +4,7 @@ Format (version 1; also in ``corpus/FORMAT.md``): one JSON object per line, UTF-
 
     {"v": 1,
      "prompt": {"prompt_id": str, "image": "images/<sha256 of the PNG bytes>.png",
-                "question": str, "domain": "medical"|"finance"|"general",
+                "question": str, "domain": str (any non-empty name),
                 "gold": str | null, "facts": {...}},
      "chosen": str, "rejected": str, "meta": {...}}
 
@@ -104,31 +104,56 @@ def _load_image(directory: Path, relative: str, where: str, cache: dict[str, Ima
     return image
 
 
-def _parse(line: str, where: str, directory: Path, cache: dict[str, Image.Image]) -> PreferencePair:
+def json_object(line: str, where: str) -> dict[str, Any]:
+    """One JSON line that must hold an object; a :class:`FormatError` naming ``where`` otherwise."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
         raise FormatError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from None
     if not isinstance(record, dict):
         raise FormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def parse_record(line: str, where: str) -> dict[str, Any]:
+    """One JSON line as a version-1 record (a dict with ``v == 1``), else :class:`FormatError`."""
+    record = json_object(line, where)
     version = _field(record, "v", int, where)
     if version != FORMAT_VERSION:
         raise FormatError(f"{where}: key 'v': unsupported format version {version}")
+    return dict(record)
+
+
+def parse_prompt(record: dict[str, Any], where: str, directory: Path, cache: dict[str, Image.Image]) -> Prompt:
+    """The ``prompt`` object of a record, its image loaded and checked against its checksum name."""
     raw = _field(record, "prompt", dict, where)
     p = f"{where}: prompt"
     image = _load_image(directory, _field(raw, "image", str, p), where, cache)
     try:
-        prompt = Prompt(
+        return Prompt(
             prompt_id=_field(raw, "prompt_id", str, p), image=image, question=_field(raw, "question", str, p),
             domain=_field(raw, "domain", str, p), gold=_field(raw, "gold", (str, type(None)), p),
             facts=_field(raw, "facts", dict, p),
         )
+    except FormatError:
+        raise
+    except CorpusError as exc:
+        raise FormatError(f"{where}: {exc}") from None
+
+
+def parse_pair(record: dict[str, Any], where: str, directory: Path, cache: dict[str, Image.Image]) -> PreferencePair:
+    prompt = parse_prompt(record, where, directory, cache)
+    try:
         return PreferencePair(prompt, _field(record, "chosen", str, where), _field(record, "rejected", str, where),
                               _field(record, "meta", dict, where))
     except FormatError:
         raise
     except CorpusError as exc:
         raise FormatError(f"{where}: {exc}") from None
+
+
+def _parse(line: str, where: str, directory: Path, cache: dict[str, Image.Image]) -> PreferencePair:
+    return parse_pair(parse_record(line, where), where, directory, cache)
 
 
 def load_pairs(directory: Path) -> list[PreferencePair]:

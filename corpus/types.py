@@ -16,6 +16,8 @@ from PIL import Image
 
 from corpus.errors import SpecError
 
+# The built-in synthetic corpus' domains and image side. A Prompt itself accepts any non-empty
+# domain name and any image size: a consortium's own data (``mor data import``) has its own.
 DOMAINS: tuple[str, ...] = ("medical", "finance", "general")
 IMAGE_SIZE: int = 64
 
@@ -25,8 +27,10 @@ class Prompt:
     """One (image, question) the policy must answer.
 
     Validated on construction so a malformed prompt fails where it is made, not deep inside
-    a training loop: the image must be RGB and ``IMAGE_SIZE`` square, the domain known and
-    ``facts`` JSON-serialisable. Hash is by ``prompt_id`` (ids are unique by construction).
+    a training loop: the image must be an RGB PIL image (any size: each model's own processor
+    resizes it at use), the domain a non-empty string (free: "radiology" is as good as
+    "medical") and ``facts`` JSON-serialisable. Hash is by ``prompt_id`` (ids are unique by
+    construction).
     """
 
     prompt_id: str
@@ -39,13 +43,13 @@ class Prompt:
     def __post_init__(self) -> None:
         if not self.prompt_id:
             raise SpecError("Prompt.prompt_id must be a non-empty string")
-        if self.domain not in DOMAINS:
-            raise SpecError(f"Prompt {self.prompt_id}: domain {self.domain!r} not in {DOMAINS}")
+        if not isinstance(self.domain, str) or not self.domain.strip():
+            raise SpecError(f"Prompt {self.prompt_id}: domain must be a non-empty string, got {self.domain!r}")
         if not isinstance(self.image, Image.Image):
             raise SpecError(f"Prompt {self.prompt_id}: image must be a PIL image")
-        if self.image.mode != "RGB" or self.image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        if self.image.mode != "RGB" or min(self.image.size) < 1:
             raise SpecError(
-                f"Prompt {self.prompt_id}: image must be RGB {IMAGE_SIZE}x{IMAGE_SIZE}, "
+                f"Prompt {self.prompt_id}: image must be a non-empty RGB image, "
                 f"got {self.image.mode} {self.image.size[0]}x{self.image.size[1]}"
             )
         try:

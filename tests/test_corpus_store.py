@@ -33,19 +33,22 @@ def test_corrupt_line_names_file_and_line(pairs, tmp_path: Path) -> None:
         load_pairs(tmp_path)
 
 
-def test_missing_key_and_bad_domain_are_named(pairs, tmp_path: Path) -> None:
+def test_missing_key_and_empty_domain_are_named(pairs, tmp_path: Path) -> None:
     save_pairs(pairs, tmp_path)
     path = tmp_path / "pairs.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     del records[0]["chosen"]
-    records[4]["prompt"]["domain"] = "astrology"
+    records[4]["prompt"]["domain"] = " "
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(FormatError, match=rf"{path}:1: key 'chosen': missing"):
         load_pairs(tmp_path)
     records[0]["chosen"] = "x"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(FormatError, match=rf"{path}:5: .*astrology"):
+    with pytest.raises(FormatError, match=rf"{path}:5: .*domain must be a non-empty string"):
         load_pairs(tmp_path)
+    records[4]["prompt"]["domain"] = "radiology"  # domains are free names: any non-empty string loads
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert load_pairs(tmp_path)[4].prompt.domain == "radiology"
 
 
 def test_missing_or_altered_image_names_the_image(pairs, tmp_path: Path) -> None:

@@ -14,12 +14,16 @@ exception class under ``server/`` that is not in this drawing or not under ``Ser
      │    └── RewardError         the caller's reward function returned something unusable
      ├── FusionError              envelopes/inputs of a round that cannot be fused (message says why)
      │    └── PrivacyModeError    asked for something the privacy mode forbids (e.g. per-agent
-     │                            scores under fused-only)
-     ├── RouterError              anything the Mixture-of-Rewards router refuses; the router
-     │    │                       subpackage keeps these in :mod:`server.router.errors`
-     │    ├── RouterConfigError   a router or a fit cannot be configured as asked
-     │    ├── RouterInputError    features, scores, masks or agent names of the wrong shape/value
-     │    └── RouterStateError    a saved router file cannot be loaded (missing, format, digest)
+     │         │                  scores under fused-only, key material the mode may not hold)
+     │         └── EnvelopeModeError  an envelope of the wrong payload kind or CKKS context for
+     │                            the mode; carries the code the submissions route answers with
+     ├── RouterError              anything the Mixture-of-Rewards router refuses
+     │    ├── RouterConfigError   a router cannot be built as asked (unknown kind, bad fixed
+     │    │                       weights, unknown keyword, invalid fit settings)
+     │    ├── RouterInputError    features, scores, masks or agent names of the wrong shape,
+     │    │                       value or name (the message names the argument and why)
+     │    └── RouterStateError    a saved router cannot be loaded: missing or unreadable file,
+     │                            wrong format, tensors that do not match, digest mismatch
      ├── ConfigError              a server / key-holder TOML config is missing, malformed or invalid
      └── KeyHolderError           the fused-only key holder refused or could not be reached
 
@@ -74,6 +78,30 @@ class FusionError(ServerError):
 
 class PrivacyModeError(FusionError):
     """The privacy mode forbids what was asked (e.g. per-agent scores under fused-only)."""
+
+
+class EnvelopeModeError(PrivacyModeError):
+    """An envelope the privacy mode does not take; ``code`` is what the HTTP reply says."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RouterError(ServerError):
+    """Base of every error raised by :mod:`server.router`."""
+
+
+class RouterConfigError(RouterError):
+    """A router or a fit cannot be configured as asked; the message names the setting."""
+
+
+class RouterInputError(RouterError):
+    """Features, scores, masks or agent names are unusable; the message names which and why."""
+
+
+class RouterStateError(RouterError):
+    """A saved router file cannot be loaded; the message names the file and the reason."""
 
 
 class ConfigError(ServerError):

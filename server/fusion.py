@@ -1,7 +1,7 @@
-"""Privacy-mode fusion: from the agents' verified envelopes to one reward per item.
+"""Fusion mechanics: from the agents' verified envelopes to one reward per item.
 
-Each privacy mode is one function wrapping the router (the router never branches on the
-mode, see :mod:`server.router.base`):
+One function per privacy mode, wrapping the router (the router never branches on the mode,
+see :mod:`server.router.base`); the mode objects of :mod:`server.privacy_mode` call them:
 
 * :func:`fuse_tls_only` — scores arrive in the clear (signed, inside mTLS);
 * :func:`fuse_ckks` — the server's :class:`~crypto.ckks.CKKSKeyOwner` decrypts each agent's
@@ -11,13 +11,14 @@ mode, see :mod:`server.router.base`):
   separate key holder decrypts that one fused vector (and logs it). No single agent's score
   ever exists in plaintext on the server.
 
-Calibration (each agent's mean/std on the public calibration batch) puts every reward model
-on one scale: ``z = (s - mean) / std``. In fused-only mode it is folded into the homomorphic
+Calibration (each agent's mean/std on the public calibration batch,
+:class:`wire.calibration.Calibration`) puts every reward model on one scale:
+``z = (s - mean) / std``. In fused-only mode it is folded into the homomorphic
 weights (``w / std``) and a plaintext offset (``sum w * mean / std``) subtracted after
 decryption, so all three modes compute the same number (to CKKS precision).
 
-Per-agent vectors (calibrate and router rounds, all on public data) come from :meth:`Fusion.collect`
-(the functions live in :mod:`server.agent_vectors`):
+Per-agent vectors (calibrate and router rounds, all on public data) come from the mode object's
+``collect`` (the functions live in :mod:`server.agent_vectors`):
 decrypted by the server (ckks), read from the signed header (tls-only) or — fused-only, only
 when the policy sets ``privacy.public_rounds_per_agent`` — decrypted by the key holder, which
 checks each agent's own signature on a ``calibrate-``/``router-`` round id before it opens
@@ -40,18 +41,18 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import torch
 
 from crypto.ckks import CKKSKeyOwner, PublicContext, SealedVector
 from crypto.envelope import Envelope
 from crypto.errors import IntegrityError
-from server.agent_vectors import AgentDecryptor, decrypt_vectors, keyholder_vectors, plain_vectors
+from server.agent_vectors import decrypt_vectors, plain_vectors
 from server.errors import FusionError, PrivacyModeError
 from server.router.base import RouterBase
 from server.services import AuditTrail
-from wire.messages import PrivacyMode
+from wire.calibration import IDENTITY, Calibration
 
 RANGE_TOLERANCE = 1e-3  # CKKS noise + the key owner's rounding, well above both
 
@@ -71,21 +72,6 @@ class DecryptedFused(Protocol):
     def decryptions(self) -> int: ...
     @property
     def audit_index(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """An agent's score scale on the public calibration batch."""
-
-    mean: float
-    std: float
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
-            raise FusionError(f"calibration mean={self.mean}, std={self.std}: need finite mean and std > 0")
-
-
-IDENTITY = Calibration(0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -180,8 +166,7 @@ def _fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Se
     refused = {**refused, **out_of_range}
     calibrated: dict[str, torch.Tensor] = {}
     for agent, values in kept.items():
-        cal = _calibration(inp, agent)
-        calibrated[agent] = (values - cal.mean) / cal.std
+        calibrated[agent] = _calibration(inp, agent).zscore(values)
     used = tuple(a for a in router.agents if a in calibrated)
     if not used:
         return FusionOutcome([None] * inp.n_items, (), {}, refused, clipped, (), decryptions)
@@ -258,84 +243,3 @@ def fuse_fused_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange,
         clipped={"fused": outside} if outside else {},
         uncalibrated=tuple(a for a in agents if a not in inp.calibrations), decryptions=len(fused_ct.chunks),
     )
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """One privacy mode bound to its key material: what the round coordinator calls.
-
-    Build with :meth:`tls_only`, :meth:`ckks` or :meth:`fused_only`; each holds only what its
-    mode may hold (fused-only: a public context and a key-holder client, never a secret key).
-    """
-
-    mode: PrivacyMode
-    scores: ScoreRange
-    audit: AuditTrail
-    key_owner: CKKSKeyOwner | None = None
-    context: PublicContext | None = None
-    keyholder: FusedDecryptor | None = None
-    actor: str = "server"
-    public_rounds_per_agent: bool = False  # fused-only: policy privacy.public_rounds_per_agent
-
-    @classmethod
-    def tls_only(cls, *, scores: ScoreRange, audit: AuditTrail, actor: str = "server") -> Fusion:
-        return cls("tls-only", scores, audit, actor=actor)
-
-    @classmethod
-    def ckks(cls, *, scores: ScoreRange, audit: AuditTrail, key_owner: CKKSKeyOwner, actor: str = "server") -> Fusion:
-        return cls("ckks", scores, audit, key_owner=key_owner, actor=actor)
-
-    @classmethod
-    def fused_only(cls, *, scores: ScoreRange, audit: AuditTrail, context: PublicContext, keyholder: FusedDecryptor,
-                   actor: str = "server", public_rounds_per_agent: bool = False) -> Fusion:
-        return cls("fused-only", scores, audit, context=context, keyholder=keyholder, actor=actor,
-                   public_rounds_per_agent=public_rounds_per_agent)
-
-    @property
-    def collects_public_rounds(self) -> bool:
-        """Can calibrate/router rounds get per-agent vectors? Always, except fused-only without the opt-in."""
-        return self.mode != "fused-only" or self.public_rounds_per_agent
-
-    def __post_init__(self) -> None:
-        if self.mode == "ckks" and self.key_owner is None:
-            raise PrivacyModeError("ckks: the server's CKKSKeyOwner is required")
-        if self.mode == "fused-only" and (self.key_owner is not None or self.context is None or
-                                          self.keyholder is None):
-            raise PrivacyModeError("fused-only: needs the public context and a key-holder client, and must not "
-                                   "hold a CKKSKeyOwner")
-        if self.public_rounds_per_agent and self.mode != "fused-only":
-            raise PrivacyModeError(f"{self.mode}: public_rounds_per_agent applies only to fused-only")
-
-    def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
-        if self.mode == "tls-only":
-            return fuse_tls_only(router, inp, scores=self.scores)
-        if self.mode == "ckks":
-            assert self.key_owner is not None
-            return fuse_ckks(router, inp, scores=self.scores, key_owner=self.key_owner, audit=self.audit,
-                             actor=self.actor)
-        assert self.context is not None and self.keyholder is not None
-        return fuse_fused_only(router, inp, scores=self.scores, context=self.context, keyholder=self.keyholder,
-                               audit=self.audit, actor=self.actor)
-
-    def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
-                key_bindings: Mapping[str, dict[str, Any] | None] | None = None
-                ) -> tuple[dict[str, list[float]], dict[str, str]]:
-        """Per-agent vectors of a calibrate/router round (public data): (vectors, agent -> refusal reason).
-
-        fused-only: only with ``public_rounds_per_agent``, through the key holder (``key_bindings``:
-        each agent's enrolment key binding), else PrivacyModeError.
-        """
-        if self.mode == "fused-only":
-            if not self.public_rounds_per_agent:
-                raise PrivacyModeError("fused-only: per-agent scores are never decrypted (the key holder decrypts "
-                                       "only fused vectors) unless the policy sets privacy.public_rounds_per_agent "
-                                       "= true; calibration stays self-reported and the router uniform")
-            if not isinstance(self.keyholder, AgentDecryptor):
-                raise PrivacyModeError("fused-only: this key-holder client cannot request per-agent decryptions")
-            return keyholder_vectors(envelopes, keyholder=self.keyholder, key_bindings=key_bindings or {},
-                                     audit=self.audit, round_id=round_id, actor=self.actor)
-        if self.mode == "tls-only":
-            return plain_vectors(envelopes), {}
-        assert self.key_owner is not None
-        return decrypt_vectors(envelopes, key_owner=self.key_owner, audit=self.audit, round_id=round_id,
-                               actor=self.actor)[0], {}

@@ -48,10 +48,12 @@ from crypto.envelope import Envelope
 from crypto.errors import CryptoError
 from crypto.signing import VerifyKey
 from server.errors import FusionError, KeyHolderError, PrivacyModeError
-from server.fusion import Calibration, Fusion, FusionInput, check_range
+from server.fusion import FusionInput, check_range
+from server.privacy_mode import PrivacyModeBehaviour
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from server.state import StateStore
+from wire.calibration import Calibration
 from wire.messages import PromptPayload, TaskItem, TaskKind, TaskPayload
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,12 @@ def _items(items: Sequence[TaskItem | tuple[int, str]], n_prompts: int) -> list[
     return out
 
 
+def live_agents(state: StateStore, now: float, online_window_s: float) -> list[str]:
+    """Enrolled agents seen within ``online_window_s`` of ``now``."""
+    return [a["identity"] for a in state.list_agents()
+            if a["last_seen"] is not None and now - a["last_seen"] <= online_window_s]
+
+
 def agent_calibration(row: dict[str, Any]) -> Calibration | None:
     """An agent row's stored calibration, or None (missing or unusable: logged)."""
     if not row.get("calibration"):
@@ -124,7 +132,7 @@ def agent_calibration(row: dict[str, Any]) -> Calibration | None:
     try:
         data = json.loads(row["calibration"])
         return Calibration(float(data["mean"]), float(data["std"]))
-    except (ValueError, KeyError, TypeError, FusionError):
+    except (ValueError, KeyError, TypeError):
         log.warning("agent %s: unusable calibration %r, treated as uncalibrated", row["identity"], row["calibration"])
         return None
 
@@ -132,11 +140,11 @@ def agent_calibration(row: dict[str, Any]) -> Calibration | None:
 class RoundCoordinator:
     """Issues rounds through the state store and fuses what comes back (see the module docstring)."""
 
-    def __init__(self, *, state: StateStore, audit: AuditTrail, fusion: Fusion, router: RouterBase,
+    def __init__(self, *, state: StateStore, audit: AuditTrail, privacy: PrivacyModeBehaviour, router: RouterBase,
                  policy: RoundPolicy, features: FeatureFn | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
                  actor: str = "server", show_progress: bool = True) -> None:
-        self.state, self.audit, self.fusion, self.router, self.policy = state, audit, fusion, router, policy
+        self.state, self.audit, self.privacy, self.router, self.policy = state, audit, privacy, router, policy
         self.clock, self.sleep, self.new_id, self.actor, self.show_progress = clock, sleep, new_id, actor, show_progress
         self._features = features
         self._feature_cache: dict[str, torch.Tensor] = {}
@@ -144,9 +152,7 @@ class RoundCoordinator:
     # -- helpers -----------------------------------------------------------------------------------
     def live_agents(self, now: float | None = None) -> list[str]:
         """Enrolled agents seen within the policy's online window."""
-        now = self.clock() if now is None else now
-        return [a["identity"] for a in self.state.list_agents()
-                if a["last_seen"] is not None and now - a["last_seen"] <= self.policy.online_window_s]
+        return live_agents(self.state, self.clock() if now is None else now, self.policy.online_window_s)
 
     def set_router(self, router: RouterBase) -> None:
         """Swap the router (after a fit); later rounds fuse with it."""
@@ -220,9 +226,9 @@ class RoundCoordinator:
     def run_round(self, kind: TaskKind, prompts: Sequence[Prompt], items: Sequence[TaskItem | tuple[int, str]], *,
                   now: float | None = None) -> RoundResult:
         """Issue one task per live agent, wait for quorum or deadline, then fuse (score) or collect."""
-        if kind != "score" and not self.fusion.collects_public_rounds:
-            raise PrivacyModeError(f"fused-only: a {kind!r} round needs per-agent scores, which this mode never "
-                                   "decrypts unless the policy sets privacy.public_rounds_per_agent = true")
+        if kind != "score" and not self.privacy.collects_public_rounds:
+            raise PrivacyModeError(f"{self.privacy.name}: a {kind!r} round needs per-agent scores, which this mode "
+                                   "never decrypts unless the policy sets privacy.public_rounds_per_agent = true")
         task_items = _items(items, len(prompts))
         now = self.clock() if now is None else now
         round_id = f"{kind}-{self.new_id()}"
@@ -263,7 +269,7 @@ class RoundCoordinator:
             cal = agent_calibration(row) if row else None
             if cal is not None:
                 calibrations[agent] = cal
-        outcome = self.fusion.fuse(self.router, FusionInput(round_id, features, envelopes, calibrations))
+        outcome = self.privacy.fuse(self.router, FusionInput(round_id, features, envelopes, calibrations))
         refused = {**refused, **outcome.refused}
         if len(outcome.agents_used) < self.policy.quorum:
             return self._skip(round_id, "score", asked, answered, f"{len(outcome.agents_used)} agents usable after "
@@ -278,13 +284,13 @@ class RoundCoordinator:
             "rewards_refused": len(outcome.rewards) - len(valid),
         }
         self.state.close_round(round_id, status="fused", outcome=summary)
-        self._record("round.fused", {"round_id": round_id, "mode": self.fusion.mode, **summary})
+        self._record("round.fused", {"round_id": round_id, "mode": self.privacy.name, **summary})
         return RoundResult(round_id, "score", "fused", tuple(asked), tuple(answered), outcome.agents_used,
                            rewards=outcome.rewards, weights=outcome.weights, envelope_sha256=digests, refused=refused)
 
     def _key_bindings(self, envelopes: dict[str, Envelope]) -> dict[str, dict[str, Any] | None]:
         """fused-only public rounds: each agent's enrolment key binding, for the key holder to check itself."""
-        if self.fusion.mode != "fused-only":
+        if not self.privacy.needs_key_bindings:
             return {}
         out: dict[str, dict[str, Any] | None] = {}
         for agent in envelopes:
@@ -298,8 +304,8 @@ class RoundCoordinator:
 
     def _collect(self, round_id: str, kind: TaskKind, asked: Sequence[str], answered: Sequence[str],
                  envelopes: dict[str, Envelope], digests: dict[str, str], refused: dict[str, str]) -> RoundResult:
-        raw, not_decrypted = self.fusion.collect(round_id, envelopes, self._key_bindings(envelopes))
-        kept, out_of_range, clipped = check_range(raw, self.fusion.scores)
+        raw, not_decrypted = self.privacy.collect(round_id, envelopes, self._key_bindings(envelopes))
+        kept, out_of_range, clipped = check_range(raw, self.privacy.scores)
         refused = {**refused, **not_decrypted, **out_of_range}
         vectors = {a: [float(v) for v in t.tolist()] for a, t in kept.items()}
         if len(vectors) < self.policy.quorum:
@@ -309,7 +315,7 @@ class RoundCoordinator:
         summary = {"agents_asked": list(asked), "agents_answered": list(answered), "agents_used": list(used),
                    "envelope_sha256": {a: digests[a] for a in used}, "refused": refused, "clipped": clipped}
         self.state.close_round(round_id, status="collected", outcome=summary)
-        self._record("round.collected", {"round_id": round_id, "kind": kind, "mode": self.fusion.mode, **summary})
+        self._record("round.collected", {"round_id": round_id, "kind": kind, "mode": self.privacy.name, **summary})
         return RoundResult(round_id, kind, "collected", tuple(asked), tuple(answered), used, vectors=vectors,
                            envelope_sha256=digests, refused=refused)
 

@@ -150,8 +150,9 @@ def _record_start(services: Services, mode: str, **extra: Any) -> None:
     policy = services.policy
     services.audit.record(ACTOR, "server.started", {
         "mode": mode, "privacy_mode": policy.privacy_mode, "policy_digest": policy.digest,
-        "holds_secret_key": services.ckks is not None,
-        "context_sha256": services.public_context.sha256 if services.public_context else None, **extra})
+        "holds_secret_key": services.privacy.holds_secret_key,
+        "context_sha256": services.privacy.public_context.sha256 if services.privacy.public_context else None,
+        **extra})
     if policy.insecure_reasons:
         services.audit.record(ACTOR, "policy.insecure", {"reasons": list(policy.insecure_reasons)})
         for reason in policy.insecure_reasons:
@@ -224,7 +225,7 @@ def _train(services: Services, training: Any, config: Any, api: ServiceThread, s
             raise ServerError(f"{api.name} stopped unexpectedly: agents can no longer reach the server")
 
     try:
-        report = run_training(services, training, server_config=config, sleep=sleep, stop=stop.requested)
+        report = run_training(services, training, sleep=sleep, stop=stop.requested)
     except ShutdownRequested as exc:
         return _training_stopped(services, str(exc) or "stop requested", step=None, checkpoint=None)
     except BaseException as exc:

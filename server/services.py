@@ -2,9 +2,10 @@
 
 A small frozen bundle instead of globals, so tests build an app around a temporary store,
 audit log and clock, and so the app cannot reach anything it was not given. What the server
-*may* hold follows the privacy mode: under ``ckks`` a :class:`~crypto.ckks.CKKSKeyOwner`;
-under ``fused-only`` only the key holder's public context (``ckks is None`` — the server
-process never holds a secret key); under ``tls-only`` neither.
+*may* hold follows the privacy mode, and only the mode object knows it: ``privacy`` (a
+:class:`server.privacy_mode.PrivacyModeBehaviour`, built once at wiring) carries the key
+material its mode allows — the secret key under ``ckks``, only the key holder's public
+context under ``fused-only``, nothing under ``tls-only`` — and is asked, never tested by name.
 
 ``stopping`` is set by the runner when the process is asked to stop: long-polls then answer
 204 at once, so uvicorn's graceful shutdown is not held up by agents waiting for tasks.
@@ -18,13 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from crypto.ckks import CKKSKeyOwner, PublicContext
 from crypto.signing import SigningKey
 from server.admission import Admission
+from server.errors import PrivacyModeError
 from server.state import StateStore
 from wire.messages import PrivacyMode
+
+if TYPE_CHECKING:
+    from server.privacy_mode import PrivacyModeBehaviour
 
 Clock = Callable[[], float]
 
@@ -85,16 +89,13 @@ class Services:
     audit: AuditTrail
     signing_key: SigningKey
     admission: Admission
-    public_context: PublicContext | None
-    ckks: CKKSKeyOwner | None = None
+    privacy: PrivacyModeBehaviour
     clock: Clock = time.time
     long_poll_max_s: float = 30.0
     poll_interval_s: float = 0.05
     stopping: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        mode = self.policy.privacy_mode
-        if mode == "fused-only" and self.ckks is not None:
-            raise ValueError("fused-only: the server must not hold the CKKS secret key (ckks must be None)")
-        if mode != "tls-only" and self.public_context is None:
-            raise ValueError(f"privacy mode {mode}: a public CKKS context is required")
+        if self.privacy.name != self.policy.privacy_mode:
+            raise PrivacyModeError(f"the policy says privacy mode {self.policy.privacy_mode}, the services were built "
+                                   f"for {self.privacy.name}")

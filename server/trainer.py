@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,14 +41,14 @@ from pydantic import Field
 from tqdm import tqdm
 
 from corpus.types import Prompt
-from server.config import FrozenConfig, ServerConfig, load_toml_model
+from server.config import FrozenConfig, load_toml_model
 from server.errors import ShutdownRequested, TrainingError
-from server.fusion import Calibration, FusedDecryptor, Fusion, ScoreRange
 from server.grpo import GRPOResult, GRPORunConfig, StopCheck, run_grpo
-from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration
+from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration, live_agents
 from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
 from server.services import Services
 from server.state import StateStore
+from wire.calibration import IDENTITY, Calibration, CalibrationError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +76,14 @@ class TrainingSection(FrozenConfig):
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     max_completion_length: int = Field(default=32, ge=1)
     use_lora: bool = True
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="policy weights; bfloat16/float16 also switch on that mixed precision")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = the GPU when there is one")
+    attn_implementation: str | None = Field(
+        default=None, description="eager, sdpa, flash_attention_2...; unset = transformers' default for the family")
+    lora_target_modules: str | tuple[str, ...] | None = Field(
+        default=None, description="a regex or module names; unset = the language model's attention projections, "
+                                  "detected per family (server/vlm/families.py)")
 
 
 class TrainingFile(FrozenConfig):
@@ -100,39 +107,6 @@ class TrainingReport:
     notes: list[str] = field(default_factory=list)
 
 
-def _fusion(services: Services, keyholder: FusedDecryptor | None) -> Fusion:
-    policy = services.policy
-    scores = ScoreRange(policy.score_min, policy.score_max, policy.out_of_range)
-    if policy.privacy_mode == "tls-only":
-        return Fusion.tls_only(scores=scores, audit=services.audit)
-    if policy.privacy_mode == "ckks":
-        if services.ckks is None:
-            raise TrainingError("privacy mode ckks: the server's CKKS key owner is missing")
-        return Fusion.ckks(scores=scores, audit=services.audit, key_owner=services.ckks)
-    if keyholder is None or services.public_context is None:
-        raise TrainingError("privacy mode fused-only: needs the key holder client and its public context")
-    return Fusion.fused_only(scores=scores, audit=services.audit, context=services.public_context, keyholder=keyholder,
-                             public_rounds_per_agent=services.policy.public_rounds_per_agent)
-
-
-def keyholder_client(server_config: ServerConfig) -> Any:
-    """The fused-only key-holder client for this server's config (mutual TLS with the server's certificate)."""
-    from crypto.tls import client_ssl_context
-    from server.keyholder.client import KeyHolderClient
-
-    url = server_config.server.keyholder_url
-    if url is None:
-        raise TrainingError(f"{server_config.source}: [server].keyholder_url is required under fused-only")
-    tls = server_config.tls
-    return KeyHolderClient(url, client_ssl_context(tls.cert, tls.key, tls.ca, tls.crl))
-
-
-def live_agents(state: StateStore, now: float, online_window_s: float) -> list[str]:
-    """Enrolled agents seen within ``online_window_s`` of ``now``."""
-    return [a["identity"] for a in state.list_agents()
-            if a["last_seen"] is not None and now - a["last_seen"] <= online_window_s]
-
-
 def wait_for_agents(services: Services, quorum: int, timeout_s: float,
                     sleep: Callable[[float], None] = time.sleep) -> list[str]:
     """Block until ``quorum`` agents are enrolled and live; TrainingError after ``timeout_s``."""
@@ -154,16 +128,16 @@ def calibrate(coordinator: RoundCoordinator, services: Services, config: Trainin
     """Stage 2: measured calibration (tls-only/ckks) or the agents' self-reports (fused-only)."""
     from corpus import build_calibration_set
 
-    if coordinator.fusion.collects_public_rounds:
+    if coordinator.privacy.collects_public_rounds:
         batch = build_calibration_set(config.n_calibration, seed=config.seed)
         result = coordinator.run_round("calibrate", [p for p, _ in batch], [(i, r) for i, (_, r) in enumerate(batch)])
         for agent, values in (result.vectors or {}).items():
-            mean = sum(values) / len(values)
-            std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-            if std < 1e-9:
-                log.warning("agent %s gives every calibration item the same score: not calibrated", agent)
+            try:
+                scale = Calibration.measure(values)
+            except CalibrationError as exc:
+                log.warning("agent %s: not calibrated: %s", agent, exc)
                 continue
-            measured = {"mean": mean, "std": std, "n": len(values), "source": "server-measured",
+            measured = {"mean": scale.mean, "std": scale.std, "n": scale.n, "source": "server-measured",
                         "round_id": result.round_id}
             services.state.set_calibration(agent, measured)
             services.audit.record(coordinator.actor, "agent.calibration.measured", {"agent": agent, **measured})
@@ -189,8 +163,8 @@ def fit_router_on_public_pairs(coordinator: RoundCoordinator, calibrations: dict
     if result.vectors is None:
         raise TrainingError(f"router round {result.round_id} skipped: {result.reason}")
     agents = sorted(result.vectors)
-    z = torch.tensor([[(v - calibrations.get(a, Calibration(0, 1)).mean) / calibrations.get(a, Calibration(0, 1)).std
-                       for v in result.vectors[a]] for a in agents], dtype=torch.float32).T  # [2N, A]
+    z = torch.stack([calibrations.get(a, IDENTITY).zscore(torch.tensor(result.vectors[a], dtype=torch.float64))
+                     for a in agents]).T.to(torch.float32)  # [2N, A]
     features = coordinator.prompt_features([p.prompt for p in pairs])
     data = RouterTrainingSet(
         agents=tuple(agents), features=features, chosen=z[0::2], rejected=z[1::2],
@@ -238,26 +212,22 @@ def _initial_router(config: TrainingSection, agents: Sequence[str]) -> RouterBas
     return make_router("uniform", agents)
 
 
-def run_training(services: Services, config: TrainingSection, *, server_config: ServerConfig | None = None,
-                 keyholder: FusedDecryptor | None = None, features: FeatureFn | None = None,
+def run_training(services: Services, config: TrainingSection, *, features: FeatureFn | None = None,
                  sleep: Callable[[float], None] = time.sleep, stop: StopCheck = lambda: None,
                  show_progress: bool = True) -> TrainingReport:
     """The whole server-side run (see the module docstring); returns what it did and where it wrote it."""
     from corpus import build_prompts
 
-    if services.policy.privacy_mode == "fused-only" and keyholder is None and server_config is not None:
-        keyholder = keyholder_client(server_config)
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     audit, actor = services.audit, "server"
-    fusion = _fusion(services, keyholder)
     wait = _interruptible(sleep, stop)
     # -- 1. agents --------------------------------------------------------------------------------
     wait(0.0)
     agents = wait_for_agents(services, config.quorum, config.enrol_timeout_s, wait)
     coordinator = RoundCoordinator(
-        state=services.state, audit=audit, fusion=fusion, router=_initial_router(config, agents), features=features,
-        clock=services.clock, sleep=wait, show_progress=show_progress,
+        state=services.state, audit=audit, privacy=services.privacy, router=_initial_router(config, agents),
+        features=features, clock=services.clock, sleep=wait, show_progress=show_progress,
         policy=RoundPolicy(quorum=config.quorum, deadline_s=config.deadline_s,
                            online_window_s=services.policy.online_window_s),
     )
@@ -272,7 +242,7 @@ def run_training(services: Services, config: TrainingSection, *, server_config: 
         report.notes.append(f"uncalibrated agents (identity scale used): {missing}")
     # -- 3. router --------------------------------------------------------------------------------
     router = coordinator.router
-    if config.router == "learned" and coordinator.fusion.collects_public_rounds:
+    if config.router == "learned" and coordinator.privacy.collects_public_rounds:
         learned, report.router_fit = fit_router_on_public_pairs(coordinator, calibrations, config)
         learned.save(out / "router.safetensors", overwrite=True)
         audit.record(actor, "router.updated", {"digest": learned.digest(), "kind": "learned",
@@ -334,6 +304,8 @@ def _grpo(coordinator: RoundCoordinator, services: Services, config: TrainingSec
         config=GRPORunConfig(output_dir=out / "grpo", group_size=config.group_size, max_steps=config.max_steps,
                              per_device_batch=config.per_device_batch, beta=config.beta,
                              learning_rate=config.learning_rate, max_completion_length=config.max_completion_length,
-                             use_lora=config.use_lora, seed=config.seed),
+                             use_lora=config.use_lora, seed=config.seed, dtype=config.dtype, device=config.device,
+                             attn_implementation=config.attn_implementation,
+                             lora_targets=config.lora_target_modules),
     )
     return result, metrics

@@ -1,7 +1,8 @@
 """Build the running server (and key holder) from their TOML configs.
 
 The only place that knows where each dependency comes from: config -> policy, state store,
-audit log, keys, CKKS material by privacy mode, TLS context -> :class:`Services`, bundled
+audit log, keys, the privacy-mode object with its key material
+(:func:`server.privacy_mode.open_privacy_mode`), TLS context -> :class:`Services`, bundled
 with what must be closed at shutdown in a :class:`ServerRuntime` / :class:`KeyHolderRuntime`.
 Running them (threads, signals, shutdown) is :mod:`server.runner`.
 
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from audit import AuditError
-from crypto.ckks import CKKSKeyOwner, CKKSParameters, PublicContext
+from crypto.ckks import CKKSKeyOwner
 from crypto.errors import CryptoError
 from crypto.pki import parse_identity
 from crypto.signing import SigningKey
-from crypto.tls import client_ssl_context, server_ssl_context
+from crypto.tls import server_ssl_context
 from policies import Policy, PolicyError, load_policy
 from server.admission import Admission, RateLimiter, RevocationList
 from server.audit_trail import AuditLogTrail
@@ -33,6 +34,7 @@ from server.errors import ConfigError
 from server.keyholder.app import KeyHolderServices
 from server.keyholder.config import KeyHolderConfig
 from server.keyholder.public_rounds import PublicRoundGate
+from server.privacy_mode import open_privacy_mode
 from server.services import ServicePolicy, Services
 from server.state import StateStore
 
@@ -87,7 +89,8 @@ class ServerRuntime:
     ssl_context: ssl.SSLContext
 
     def close(self) -> None:
-        """Sign the final audit checkpoint and release the log."""
+        """Release the mode's key-holder connection, sign the final audit checkpoint and release the log."""
+        self.services.privacy.close()
         self.audit.close()
 
 
@@ -99,33 +102,6 @@ def _check_crl(config: ServerConfig, policy: Policy) -> None:
     if resolved != config.tls.crl:
         raise ConfigError(f"{config.server.policy}: admission.revocation_list ({resolved}) is not the CRL the server "
                           f"checks ([tls].crl = {config.tls.crl} in {config.source}): name the same file in both")
-
-
-def _ckks_material(config: ServerConfig, policy: Policy) -> tuple[CKKSKeyOwner | None, PublicContext | None]:
-    section, mode = config.server, policy.privacy.mode
-    if mode == "tls-only":
-        return None, None
-    if mode == "fused-only":
-        from server.keyholder.client import KeyHolderClient
-
-        if section.keyholder_url is None:
-            raise ConfigError(f"{config.source}: [server].keyholder_url: required under privacy mode fused-only")
-        context = client_ssl_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
-        with KeyHolderClient(section.keyholder_url, context) as client:
-            return None, client.public_context()
-    if section.ckks_secret_context is None:
-        raise ConfigError(f"{config.source}: [server].ckks_secret_context: required under privacy mode ckks")
-    path, wanted = section.ckks_secret_context, policy.ckks
-    parameters = CKKSParameters(wanted.poly_modulus_degree, tuple(wanted.coeff_mod_bit_sizes), wanted.scale_bits)
-    if path.exists():
-        owner = CKKSKeyOwner.load(path, precision=wanted.release_precision)
-        if owner.parameters != parameters:
-            raise ConfigError(f"{path}: CKKS context has {owner.parameters}; the policy asks for {parameters} "
-                              "(rotate the key: move the file away and restart)")
-    else:
-        owner = CKKSKeyOwner.generate(parameters, precision=wanted.release_precision)
-        owner.save(path)
-    return owner, owner.public_context
 
 
 def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntime:
@@ -140,21 +116,23 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         raise ConfigError(f"{config.source}: {exc}") from None
     audit = open_audit(config.server.audit_dir, signing_key, origin=f"mor://{policy.consortium}/server",
                        checkpoint_every=policy.audit.checkpoint_every)
+    privacy = None
     try:
-        owner, public = _ckks_material(config, policy)
+        privacy = open_privacy_mode(config, policy, audit=audit)
         admission = Admission(
             consortium=policy.consortium, revocations=RevocationList(config.tls.crl, config.tls.ca, now=clock),
             rate_limiter=RateLimiter(service.requests_per_s, service.burst),
             allowed_identities=service.allowed_identities,
         )
         services = Services(policy=service, state=StateStore(config.server.database_url), audit=audit,
-                            signing_key=signing_key, admission=admission, public_context=public, ckks=owner,
-                            clock=clock, long_poll_max_s=config.server.long_poll_max_s)
-    except (CryptoError, OSError) as exc:
+                            signing_key=signing_key, admission=admission, privacy=privacy, clock=clock,
+                            long_poll_max_s=config.server.long_poll_max_s)
+    except BaseException as exc:
+        if privacy is not None:
+            privacy.close()
         audit.close()
-        raise ConfigError(f"{config.source}: {exc}") from None
-    except BaseException:
-        audit.close()
+        if isinstance(exc, CryptoError | OSError):
+            raise ConfigError(f"{config.source}: {exc}") from None
         raise
     return ServerRuntime(config=config, policy=policy, services=services, audit=audit, ssl_context=context)
 

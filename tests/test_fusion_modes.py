@@ -1,14 +1,12 @@
 """Privacy-mode fusion on real CKKS ciphertexts.
 
-The fused-only key holder runs as a separate process over real mutual TLS: this test process
-only ever holds the public context it fetched from it, so fused-only fusion demonstrably needs
-no secret key on the server side. All three modes must agree with a plaintext reference.
+The fused-only key holder runs as a separate ``mor keyholder serve`` process over real mutual
+TLS: this test process only ever holds the public context it fetched from it, so fused-only
+fusion demonstrably needs no secret key on the server side. All three modes must agree with a plaintext reference.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 
 import httpx
@@ -16,63 +14,29 @@ import pytest
 import torch
 from helpers.memory_audit import MemoryAudit
 from helpers.pki import TestPKI, make_pki
-from helpers.procs import REPO_ROOT, ServiceProcess, free_port, wait_for_port
+from helpers.procs import ServiceProcess, free_port, start_keyholder, write_keyholder_config
 
 from crypto.ckks import CKKSKeyOwner, PublicContext
 from crypto.envelope import Envelope, seal_scores, sign_plain_scores
 from crypto.signing import SigningKey
-from server.fusion import Calibration, Fusion, FusionInput, PrivacyModeError, ScoreRange
+from server.fusion import FusionInput, PrivacyModeError, ScoreRange
 from server.keyholder.client import KeyHolderClient
+from server.privacy_mode import privacy_mode_for
 from server.router import LearnedRouter
+from wire.calibration import Calibration
 
 AGENTS = ("mor://testnet/client/alice", "mor://testnet/client/bob", "mor://testnet/client/carol")
 DIM = 8
-KEYHOLDER_CHILD = r"""
-import hashlib, sys
-from pathlib import Path
-import uvicorn
-from crypto.ckks import CKKSKeyOwner
-from crypto.tls import server_ssl_context
-from server.admission import Admission, RateLimiter, RevocationList
-from server.keyholder.app import KeyHolderServices, create_keyholder_app
-from server.mtls import uvicorn_config
-from server.services import AuditRecord
-
-class Trail:
-    def __init__(self): self.n = 0
-    def record(self, actor, action, data):
-        self.n += 1
-        return AuditRecord(self.n - 1, hashlib.sha256(repr((actor, action)).encode()).hexdigest())
-    def checkpoint(self): return {}
-    def proof(self, index): return {}
-    def size(self): return self.n
-
-cert, key, ca, crl, identity, port = sys.argv[1:]
-services = KeyHolderServices(owner=CKKSKeyOwner.generate(), server_identity=identity, audit=Trail(),
-                             admission=Admission(consortium="testnet", revocations=RevocationList(Path(crl), Path(ca)),
-                                                 rate_limiter=RateLimiter(1000, 1000)),
-                             max_body_bytes=64 * 1024 * 1024)
-context = server_ssl_context(Path(cert), Path(key), Path(ca), Path(crl))
-uvicorn.Server(uvicorn_config(create_keyholder_app(services), host="127.0.0.1", port=int(port),
-                              ssl_context=context)).run()
-"""
-
 
 
 @pytest.fixture(scope="module")
 def keyholder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestPKI, ServiceProcess]]:
+    """A real ``mor keyholder serve`` (its own secret key and audit log), rate limit far above the tests' load."""
     tmp = tmp_path_factory.mktemp("kh")
     pki = make_pki(tmp)
-    port = free_port()
-    log = tmp / "keyholder.log"
-    args = [sys.executable, "-c", KEYHOLDER_CHILD, str(pki.keyholder.cert), str(pki.keyholder.key), str(pki.ca_cert),
-            str(pki.crl), pki.server.identity, str(port)]
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    service = ServiceProcess(proc=proc, port=port, log=log, args=args)
-    wait_for_port(service)
-    yield pki, service
-    service.stop()
+    config = write_keyholder_config(tmp, pki, port=free_port(), requests_per_s=1000.0)
+    with start_keyholder(config) as service:
+        yield pki, service
 
 
 @pytest.fixture(scope="module")
@@ -132,16 +96,16 @@ def test_three_modes_agree_with_the_reference(keyholder: tuple[TestPKI, ServiceP
     assert max(want) - min(want) > 0.5  # a meaningful, input-dependent fused reward
     audit = MemoryAudit()
 
-    tls = Fusion.tls_only(scores=RANGE, audit=audit).fuse(
+    tls = privacy_mode_for("tls-only", scores=RANGE, audit=audit).fuse(
         router, FusionInput("score-r1", FEATURES, plain(SCORES, keys), CALIBRATIONS))
-    ckks = Fusion.ckks(scores=RANGE, audit=audit, key_owner=owner).fuse(
+    ckks = privacy_mode_for("ckks", scores=RANGE, audit=audit, key_owner=owner).fuse(
         router, FusionInput("score-r1", FEATURES, sealed(SCORES, owner.public_context, keys), CALIBRATIONS))
     assert audit.actions() == ["decrypt.agent"] * 3  # every per-agent decryption is on the record
 
     with KeyHolderClient(service.base_url, pki.server.client_context()) as client:
         context = client.public_context()  # public only: load_public_context refuses a secret key
         before = keyholder_decryptions(pki, service)
-        fused_only = Fusion.fused_only(scores=RANGE, audit=audit, context=context, keyholder=client).fuse(
+        fused_only = privacy_mode_for("fused-only", scores=RANGE, audit=audit, context=context, keyholder=client).fuse(
             router, FusionInput("score-r1", FEATURES, sealed(SCORES, context, keys), CALIBRATIONS))
     assert keyholder_decryptions(pki, service) - before == 1  # one fused vector decrypted, no per-agent one
     assert audit.actions()[-1] == "decrypt.fused" and audit.entries[-1][2]["agents"] == list(AGENTS)
@@ -157,7 +121,7 @@ def test_three_modes_agree_with_the_reference(keyholder: tuple[TestPKI, ServiceP
 def test_missing_agent_is_renormalised_away(owner: CKKSKeyOwner, keys: dict[str, SigningKey]) -> None:
     router = input_dependent_router()
     two = {a: SCORES[a] for a in AGENTS[:2]}
-    outcome = Fusion.ckks(scores=RANGE, audit=MemoryAudit(), key_owner=owner).fuse(
+    outcome = privacy_mode_for("ckks", scores=RANGE, audit=MemoryAudit(), key_owner=owner).fuse(
         router, FusionInput("score-r1", FEATURES, sealed(two, owner.public_context, keys), CALIBRATIONS))
     assert outcome.agents_used == AGENTS[:2]
     full = router.weights(FEATURES, list(AGENTS))
@@ -171,12 +135,12 @@ def test_missing_agent_is_renormalised_away(owner: CKKSKeyOwner, keys: dict[str,
 def test_out_of_range_scores_are_refused_or_clipped(keys: dict[str, SigningKey]) -> None:
     router = input_dependent_router()
     bad = {**SCORES, AGENTS[2]: [50.0, 0.0, 0.0, 0.0, 0.0, 0.0]}
-    refused = Fusion.tls_only(scores=RANGE, audit=MemoryAudit()).fuse(
+    refused = privacy_mode_for("tls-only", scores=RANGE, audit=MemoryAudit()).fuse(
         router, FusionInput("score-r1", FEATURES, plain(bad, keys), CALIBRATIONS))
     assert refused.agents_used == AGENTS[:2] and "outside" in refused.refused[AGENTS[2]]
     assert refused.rewards == pytest.approx(reference(router, {a: SCORES[a] for a in AGENTS[:2]}, CALIBRATIONS))
 
-    clipped = Fusion.tls_only(scores=ScoreRange(-10, 10, "clip"), audit=MemoryAudit()).fuse(
+    clipped = privacy_mode_for("tls-only", scores=ScoreRange(-10, 10, "clip"), audit=MemoryAudit()).fuse(
         router, FusionInput("score-r1", FEATURES, plain(bad, keys), CALIBRATIONS))
     assert clipped.agents_used == AGENTS and clipped.clipped == {AGENTS[2]: 1}
     assert clipped.rewards == pytest.approx(reference(router, {**bad, AGENTS[2]: [10.0] + bad[AGENTS[2]][1:]},
@@ -190,7 +154,7 @@ def test_fused_only_refuses_items_outside_the_convex_bound(keyholder: tuple[Test
     bad = {**SCORES, AGENTS[1]: [1e4, 4.5, 3.0, 5.0, 6.0, 2.0]}  # hidden inside a ciphertext
     with KeyHolderClient(service.base_url, pki.server.client_context()) as client:
         context = client.public_context()
-        fusion = Fusion.fused_only(scores=RANGE, audit=MemoryAudit(), context=context, keyholder=client)
+        fusion = privacy_mode_for("fused-only", scores=RANGE, audit=MemoryAudit(), context=context, keyholder=client)
         outcome = fusion.fuse(router, FusionInput("score-r2", FEATURES, sealed(bad, context, keys, "score-r2"),
                                                   CALIBRATIONS))
     want = reference(router, SCORES, CALIBRATIONS)
@@ -200,20 +164,20 @@ def test_fused_only_refuses_items_outside_the_convex_bound(keyholder: tuple[Test
 
 def test_fused_only_holds_no_secret_and_never_opens_one_agent(owner: CKKSKeyOwner) -> None:
     with pytest.raises(PrivacyModeError, match="must not hold"):
-        Fusion("fused-only", RANGE, MemoryAudit(), key_owner=owner, context=owner.public_context,
+        privacy_mode_for("fused-only", scores=RANGE, audit=MemoryAudit(), key_owner=owner, context=owner.public_context,
                keyholder=object())  # type: ignore[arg-type]
-    fusion = Fusion.fused_only(scores=RANGE, audit=MemoryAudit(), context=owner.public_context,
+    fusion = privacy_mode_for("fused-only", scores=RANGE, audit=MemoryAudit(), context=owner.public_context,
                                keyholder=object())  # type: ignore[arg-type]
     with pytest.raises(PrivacyModeError, match="never decrypted"):
         fusion.collect("router-1", {})
     with pytest.raises(PrivacyModeError, match="CKKSKeyOwner is required"):
-        Fusion("ckks", RANGE, MemoryAudit())
+        privacy_mode_for("ckks", scores=RANGE, audit=MemoryAudit())
 
 
 def test_wrong_length_and_unknown_agents_are_refused(owner: CKKSKeyOwner, keys: dict[str, SigningKey]) -> None:
     router = input_dependent_router(AGENTS[:2])
     scores = {**SCORES, AGENTS[0]: SCORES[AGENTS[0]][:5]}
-    outcome = Fusion.ckks(scores=RANGE, audit=MemoryAudit(), key_owner=owner).fuse(
+    outcome = privacy_mode_for("ckks", scores=RANGE, audit=MemoryAudit(), key_owner=owner).fuse(
         router, FusionInput("score-r1", FEATURES, sealed(scores, owner.public_context, keys), CALIBRATIONS))
     assert outcome.agents_used == (AGENTS[1],)
     assert outcome.refused == {AGENTS[0]: "5 scores for 6 items", AGENTS[2]: "not an agent of the current router"}

@@ -20,10 +20,12 @@ from crypto.envelope import Envelope, seal_scores
 from crypto.key_binding import bind_signing_key
 from crypto.signing import SigningKey
 from policies import PolicyValidationError, builtin_policy_path, load_policy, parse_policy
-from server.fusion import Calibration, Fusion, FusionInput, PrivacyModeError, ScoreRange
+from server.fusion import FusionInput, PrivacyModeError, ScoreRange
 from server.keyholder.public_rounds import PublicRoundGate
+from server.privacy_mode import privacy_mode_for
 from server.rejections import Rejection
 from server.router import LearnedRouter
+from wire.calibration import Calibration
 
 
 class InProcessKeyHolder:
@@ -155,13 +157,15 @@ def test_policy_flag_defaults_off_healthcare_opts_in_and_ckks_refuses_it() -> No
 
 
 def test_fused_only_without_the_opt_in_never_collects_per_agent(owner: CKKSKeyOwner) -> None:
-    fusion = Fusion.fused_only(scores=ScoreRange(-10, 10), audit=MemoryAudit(), context=owner.public_context,
+    fusion = privacy_mode_for("fused-only", scores=ScoreRange(-10, 10), audit=MemoryAudit(),
+                              context=owner.public_context,
                                keyholder=InProcessKeyHolder(owner))
     assert fusion.collects_public_rounds is False
     with pytest.raises(PrivacyModeError, match="public_rounds_per_agent"):
         fusion.collect("router-1", {})
     with pytest.raises(PrivacyModeError, match="only to fused-only"):
-        Fusion("ckks", ScoreRange(-10, 10), MemoryAudit(), key_owner=owner, public_rounds_per_agent=True)
+        privacy_mode_for("ckks", scores=ScoreRange(-10, 10), audit=MemoryAudit(), key_owner=owner,
+                         public_rounds_per_agent=True)
 
 
 # -- calibration inside the homomorphic fusion ----------------------------------------------------
@@ -181,10 +185,12 @@ def test_fused_only_and_ckks_give_the_same_calibrated_fused_reward(owner: CKKSKe
                                 task_id=f"t-{i}") for i, (a, s) in enumerate(scores.items())}
     inp = FusionInput("score-x", features, envelopes, calibrations)
 
-    ckks = Fusion.ckks(scores=ScoreRange(-10, 10), audit=MemoryAudit(), key_owner=owner).fuse(router, inp)
-    fused_only = Fusion.fused_only(scores=ScoreRange(-10, 10), audit=MemoryAudit(), context=owner.public_context,
+    ckks = privacy_mode_for("ckks", scores=ScoreRange(-10, 10), audit=MemoryAudit(), key_owner=owner).fuse(router, inp)
+    fused_only = privacy_mode_for("fused-only", scores=ScoreRange(-10, 10), audit=MemoryAudit(),
+                                  context=owner.public_context,
                                    keyholder=InProcessKeyHolder(owner)).fuse(router, inp)
-    uncalibrated = Fusion.fused_only(scores=ScoreRange(-10, 10), audit=MemoryAudit(), context=owner.public_context,
+    uncalibrated = privacy_mode_for("fused-only", scores=ScoreRange(-10, 10), audit=MemoryAudit(),
+                                    context=owner.public_context,
                                      keyholder=InProcessKeyHolder(owner)).fuse(
         router, FusionInput("score-x", features, envelopes))
 

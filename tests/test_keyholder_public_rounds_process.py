@@ -41,12 +41,14 @@ from test_rounds_coordinator import features
 from corpus.builders import build_calibration_set, build_client_pairs, build_prompts
 from corpus.store import save_pairs
 from mor_cli.main import main
-from server.fusion import Calibration, Fusion, ScoreRange
+from server.fusion import ScoreRange
 from server.keyholder.client import KeyHolderClient
+from server.privacy_mode import privacy_mode_for
 from server.rounds import RoundCoordinator, RoundPolicy
 from server.router import make_router
 from server.state import StateStore
 from server.trainer import TrainingSection, fit_router_on_public_pairs
+from wire.calibration import Calibration
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 _ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
@@ -114,9 +116,10 @@ def test_fused_only_fits_router_and_calibrates_through_key_holder_only_on_public
 
                 trail = MemoryAudit()
                 with KeyHolderClient(keyholder.base_url, pki.server.client_context()) as client:
-                    fusion = Fusion.fused_only(scores=ScoreRange(-50, 50), audit=trail, context=client.public_context(),
+                    fusion = privacy_mode_for("fused-only", scores=ScoreRange(-50, 50), audit=trail,
+                                              context=client.public_context(),
                                                keyholder=client, public_rounds_per_agent=True)
-                    coordinator = RoundCoordinator(state=store, audit=trail, fusion=fusion, features=features,
+                    coordinator = RoundCoordinator(state=store, audit=trail, privacy=fusion, features=features,
                                                    router=make_router("uniform", identities), show_progress=False,
                                                    policy=RoundPolicy(quorum=2, deadline_s=90))
                     # calibrate round (public batch) -> each agent's mean/std, as the server measures it

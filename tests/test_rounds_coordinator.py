@@ -27,7 +27,8 @@ from crypto.ckks import CKKSKeyOwner
 from crypto.envelope import seal_scores, sign_plain_scores
 from crypto.signing import SigningKey
 from server.federated_reward import FederatedReward
-from server.fusion import Fusion, PrivacyModeError, ScoreRange
+from server.fusion import PrivacyModeError, ScoreRange
+from server.privacy_mode import privacy_mode_for
 from server.rounds import RoundCoordinator, RoundPolicy
 from server.state import StateStore
 
@@ -71,12 +72,12 @@ class World:
             mean, std = CALIBRATION[agent]
             self.state.set_calibration(agent, {"mean": mean, "std": std, "n": 10})
         if self.owner is not None:
-            self.fusion = Fusion.ckks(scores=ScoreRange(-100, 100), audit=self.audit, key_owner=self.owner)
+            self.fusion = privacy_mode_for("ckks", scores=ScoreRange(-100, 100), audit=self.audit, key_owner=self.owner)
         else:
-            self.fusion = Fusion.tls_only(scores=ScoreRange(-100, 100), audit=self.audit)
+            self.fusion = privacy_mode_for("tls-only", scores=ScoreRange(-100, 100), audit=self.audit)
 
     def coordinator(self, quorum: int, deadline_s: float = 1.0) -> RoundCoordinator:
-        return RoundCoordinator(state=self.state, audit=self.audit, fusion=self.fusion, router=self.router,
+        return RoundCoordinator(state=self.state, audit=self.audit, privacy=self.fusion, router=self.router,
                                 policy=RoundPolicy(quorum=quorum, deadline_s=deadline_s, poll_interval_s=0.02),
                                 features=features, show_progress=False)
 
@@ -221,9 +222,10 @@ def test_router_round_collects_per_agent_vectors(world: World) -> None:
 
 def test_fused_only_refuses_rounds_that_need_per_agent_scores(world: World) -> None:
     assert world.owner is not None
-    fusion = Fusion.fused_only(scores=ScoreRange(-1, 1), audit=world.audit, context=world.owner.public_context,
+    fusion = privacy_mode_for("fused-only", scores=ScoreRange(-1, 1), audit=world.audit,
+                              context=world.owner.public_context,
                                keyholder=object())  # type: ignore[arg-type]
-    coordinator = RoundCoordinator(state=world.state, audit=world.audit, fusion=fusion, router=world.router,
+    coordinator = RoundCoordinator(state=world.state, audit=world.audit, privacy=fusion, router=world.router,
                                    policy=RoundPolicy(quorum=1, deadline_s=1), features=features)
     with pytest.raises(PrivacyModeError):
         coordinator.run_round("router", PROMPTS, ITEMS)

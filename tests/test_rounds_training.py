@@ -38,7 +38,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[World, Services]]:
     services = Services(policy=policy, state=world.state, audit=world.audit, signing_key=SigningKey.generate(),
                         admission=Admission(consortium="testnet", revocations=RevocationList(pki.crl, pki.ca_cert),
                                             rate_limiter=RateLimiter(100, 100)),
-                        public_context=world.owner.public_context, ckks=world.owner)
+                        privacy=world.fusion)
     yield world, services
     world.close()
 

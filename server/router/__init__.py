@@ -7,8 +7,8 @@ fitted on public labelled pairs by the Bradley–Terry likelihood of the fused r
 Privacy modes and robustness checks wrap a router rather than branching inside it.
 """
 
+from server.errors import RouterConfigError, RouterError, RouterInputError, RouterStateError
 from server.router.base import Router, RouterBase
-from server.router.errors import RouterConfigError, RouterError, RouterInputError, RouterStateError
 from server.router.features import PROMPT_FEATURE_DIM, prompt_features
 from server.router.fixed import FixedRouter, UniformRouter
 from server.router.learned import LearnedRouter

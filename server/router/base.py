@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 
 from crypto.canonical import canonical_json
-from server.router.errors import RouterConfigError, RouterInputError
+from server.errors import RouterConfigError, RouterInputError
 
 
 @runtime_checkable

@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
+from server.errors import RouterConfigError
 from server.router.base import RouterBase, check_features, renormalise, validate_agents
-from server.router.errors import RouterConfigError
 
 
 class UniformRouter(RouterBase):

@@ -23,8 +23,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from server.errors import RouterConfigError, RouterInputError, RouterStateError
 from server.router.base import RouterBase, check_features, validate_agents
-from server.router.errors import RouterConfigError, RouterInputError, RouterStateError
 from server.router.features import PROMPT_FEATURE_DIM
 from server.router.training import RouterFitConfig, RouterFitReport, RouterTrainingSet, fit_router
 

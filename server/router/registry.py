@@ -6,8 +6,8 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
+from server.errors import RouterConfigError
 from server.router.base import RouterBase
-from server.router.errors import RouterConfigError
 from server.router.fixed import FixedRouter, UniformRouter
 from server.router.learned import LearnedRouter
 

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from server.errors import RouterConfigError, RouterInputError
 from server.router.base import check_features
-from server.router.errors import RouterConfigError, RouterInputError
 
 
 class TrainableRouter(Protocol):

@@ -79,6 +79,6 @@ def enrol_agent(body: EnrolRequest, request: Request,
     return EnrolResponse(
         agent=caller.identity, privacy_mode=policy.privacy_mode, policy_digest=policy.digest,
         server_signing_public_key_b64=base64.b64encode(services.signing_key.verify_key().raw()).decode("ascii"),
-        context_sha256=services.public_context.sha256 if services.public_context else None,
+        context_sha256=services.privacy.public_context.sha256 if services.privacy.public_context else None,
         calibration=[], calibration_prompts=[],
     )

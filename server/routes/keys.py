@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 @router.get("/context", response_class=Response, summary="The public CKKS context (no secret key)",
             responses={200: {"content": {"application/octet-stream": {}}}})
 def public_context(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> Response:
-    context = services_of(request).public_context
+    context = services_of(request).privacy.public_context
     if context is None:
         raise Rejection(404, "no_context", "privacy mode tls-only: there is no CKKS context")
     return Response(context.serialized, media_type="application/octet-stream",

@@ -77,7 +77,8 @@ def status_html(request: Request, _caller: Annotated[Caller, Depends(any_caller)
 @router.get("/v1/status/keys", response_model=KeyCustody, summary="Which CKKS key material this server holds")
 def key_custody(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> KeyCustody:
     services = services_of(request)
-    context = services.public_context
-    return KeyCustody(privacy_mode=services.policy.privacy_mode, holds_secret_key=services.ckks is not None,
+    privacy = services.privacy
+    context = privacy.public_context
+    return KeyCustody(privacy_mode=services.policy.privacy_mode, holds_secret_key=privacy.holds_secret_key,
                       context_sha256=context.sha256 if context else None,
-                      decryptions=services.ckks.decryptions if services.ckks else None)
+                      decryptions=privacy.decryptions)

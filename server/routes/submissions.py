@@ -6,7 +6,7 @@ Order of checks (each refusal precise, audited, never a 500):
 2. the task already has a submission: the *same* envelope gets the stored receipt again (200,
    idempotent — a retry after a lost reply is safe), a different one is 409;
 3. the task is still live (410 once expired or its round closed);
-4. framing and payload kind for the privacy mode (400);
+4. framing, payload kind and CKKS context for the privacy mode (400; the mode object decides);
 5. ``crypto.envelope.open_envelope``: signature with the key registered at enrolment, sender /
    round / task binding, freshness, and the nonce recorded in the durable store — all before
    any ciphertext is deserialised; any failure is one opaque 400 ``integrity_error``;
@@ -28,6 +28,7 @@ from crypto.envelope import Envelope, OpenedEnvelope, open_envelope
 from crypto.errors import IntegrityError
 from crypto.signing import VerifyKey
 from server.admission import Caller
+from server.errors import EnvelopeModeError
 from server.rejections import Rejection
 from server.routes.common import enrolled_agent, services_of
 from server.services import Services
@@ -49,17 +50,15 @@ def _live_task(services: Services, caller: Caller, task_id: str) -> TaskRow:
 
 def _check_open(services: Services, task: TaskRow, env: Envelope, verify_key: VerifyKey, caller: Caller
                 ) -> OpenedEnvelope:
-    mode = services.policy.privacy_mode
-    wanted = "plain" if mode == "tls-only" else "ckks"
-    if env.kind != wanted:
-        raise Rejection(400, "wrong_payload_kind", f"privacy mode {mode} takes {wanted!r} envelopes, got {env.kind!r}")
-    if env.kind == "ckks":
-        assert services.public_context is not None
-        if env.context_sha256 != services.public_context.sha256:
-            raise Rejection(400, "wrong_context", "envelope was sealed under another CKKS context: GET /v1/context")
+    privacy = services.privacy
+    try:
+        privacy.check_envelope(env)
+    except EnvelopeModeError as exc:
+        raise Rejection(400, exc.code, str(exc)) from None
     try:
         return open_envelope(env, verify_key=verify_key, nonces=services.state, expected_sender=caller.identity,
-                             expected_round=task.round_id, expected_task=task.task_id, expected_kind=wanted,
+                             expected_round=task.round_id, expected_task=task.task_id,
+                             expected_kind=privacy.payload_kind,
                              max_age_s=services.policy.envelope_max_age_s, now=services.clock())
     except IntegrityError:
         raise INTEGRITY from None

@@ -57,7 +57,7 @@ async def next_task(request: Request,
     while True:
         row = await run_in_threadpool(services.state.next_task, caller.identity, services.clock())
         if row is not None:
-            return scoring_task(row, services.policy.privacy_mode)
+            return scoring_task(row, services.privacy.name)
         if services.stopping.is_set():
             return Response(status_code=204, headers={"Connection": "close"})
         if loop.time() >= deadline or await request.is_disconnected():

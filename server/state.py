@@ -11,8 +11,9 @@ server database can replace it without code changes.
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+NONCE_PURGE_EVERY_S = 60.0  # how often expired nonces are forgotten (checked on each new nonce)
 
 metadata = MetaData()
 
@@ -133,8 +136,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class StateStore:
     """Thin, explicit persistence for the server. One method per thing the server promises."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time,
+                 nonce_purge_every_s: float = NONCE_PURGE_EVERY_S) -> None:
         self.url = url
+        self._clock = clock
+        self._nonce_purge_every_s = nonce_purge_every_s
+        self._last_nonce_purge = -math.inf
         self.engine: Engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -308,7 +315,15 @@ class StateStore:
 
     # -- nonces (the crypto package's NonceStore protocol) ----------------------------------
     def check_and_add(self, sender: str, nonce: str, expires_at: float) -> bool:
-        """Record ``nonce`` for ``sender``; False if it was seen before (a replay)."""
+        """Record ``nonce`` for ``sender``; False if it was seen before (a replay).
+
+        Every ``nonce_purge_every_s`` (by the store's clock) it first forgets expired nonces,
+        so the table holds at most one freshness window's worth of envelopes however long the
+        server runs. A replay inside the window is still refused: its row has not expired.
+        """
+        now = self._clock()
+        if now - self._last_nonce_purge >= self._nonce_purge_every_s:
+            self.purge_nonces(now)
         try:
             with self._tx() as conn:
                 conn.execute(insert(nonces).values(sender=sender, nonce=nonce, expires_at=expires_at))
@@ -316,8 +331,13 @@ class StateStore:
             return False
         return True
 
-    def purge_nonces(self, now: float | None = None) -> None:
-        """Forget nonces past their freshness window: the timestamp check rejects those anyway."""
-        cutoff = time.time() if now is None else now
+    def purge_nonces(self, now: float | None = None) -> int:
+        """Forget nonces past their freshness window (the timestamp check rejects those anyway); how many."""
+        cutoff = self._clock() if now is None else now
+        self._last_nonce_purge = cutoff
         with self._tx() as conn:
-            conn.execute(nonces.delete().where(nonces.c.expires_at < cutoff))
+            return int(conn.execute(nonces.delete().where(nonces.c.expires_at < cutoff)).rowcount or 0)
+
+    def count_nonces(self) -> int:
+        with self._tx() as conn:
+            return int(conn.execute(select(func.count()).select_from(nonces)).scalar_one())

@@ -124,7 +124,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
             rate_limiter=RateLimiter(service.requests_per_s, service.burst),
             allowed_identities=service.allowed_identities,
         )
-        services = Services(policy=service, state=StateStore(config.server.database_url), audit=audit,
+        services = Services(policy=service, state=StateStore(config.server.database_url, clock=clock), audit=audit,
                             signing_key=signing_key, admission=admission, privacy=privacy, clock=clock,
                             long_poll_max_s=config.server.long_poll_max_s)
     except BaseException as exc:

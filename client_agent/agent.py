@@ -51,7 +51,7 @@ from client_agent.local_policy import check_task_allowed
 from client_agent.privacy_report import SignedPrivacyReport
 from client_agent.receipts import receipt_sha256, verify_receipt, verify_receipt_inclusion
 from client_agent.rewards.base import RewardModel
-from client_agent.scoring import calibrate, score_items, seal_for_mode
+from client_agent.scoring import calibrate, calibration_report, score_items, seal_for_mode
 from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.ckks import PublicContext, load_public_context
 from crypto.errors import CryptoError
@@ -216,7 +216,7 @@ class Agent:
         cal = calibrate(self.model, enrolment.calibration_prompts, enrolment.calibration,
                         batch_size=self.config.limits.score_batch_size,
                         max_pixels=self.config.limits.max_image_pixels, progress=self.progress)
-        ack = self._wait_on(self.channel.report_calibration, cal.report())
+        ack = self._wait_on(self.channel.report_calibration, calibration_report(cal))
         self.record("calibration.reported", details={"mean": cal.mean, "std": cal.std, "n": cal.n,
                                                      "server_audit_index": ack.audit_index})
 

@@ -12,8 +12,8 @@ reveal about the pairs, not how often it is queried. Rate limits exist for other
 **Calibration.** Reward models of different architectures and training runs live on
 different scales. The agent scores the server's public calibration batch and reports the
 mean and standard deviation; the server maps each raw score ``s`` to ``(s - mean) / std``
-(:meth:`Calibration.normalise` is that map). The agent submits *raw* scores and lets the
-server apply the map, because in ``fused-only`` mode the map must be folded into the
+(:meth:`wire.calibration.Calibration.zscore`, the one definition both ends share). The agent
+submits *raw* scores and lets the server apply the map, because in ``fused-only`` mode the map must be folded into the
 homomorphic weights — normalising here as well would apply it twice.
 
 Payloads are untrusted input: images are base64 PNG, size-checked from the header before
@@ -25,9 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -38,36 +36,21 @@ from client_agent.rewards.base import RewardModel
 from crypto.ckks import PublicContext
 from crypto.envelope import Envelope, seal_scores, sign_plain_scores
 from crypto.signing import SigningKey
+from wire.calibration import Calibration, CalibrationError
 from wire.messages import CalibrationReport, PrivacyMode, PromptPayload, TaskItem
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """The agent's score scale on the public calibration batch."""
+def measure_calibration(scores: torch.Tensor) -> Calibration:
+    """The model's scale on the calibration batch; ScoringError for fewer than 2 items or a constant model."""
+    try:
+        return Calibration.measure(scores)
+    except CalibrationError as exc:
+        raise ScoringError(str(exc)) from None
 
-    mean: float
-    std: float
-    n: int
 
-    @classmethod
-    def from_scores(cls, scores: torch.Tensor) -> Calibration:
-        """Mean and (population) standard deviation; refuses a degenerate batch."""
-        values = scores.detach().to(torch.float64).flatten()
-        n = int(values.numel())
-        if n < 2:
-            raise ScoringError(f"calibration needs at least 2 scored items, got {n}")
-        mean, std = float(values.mean()), float(values.std(unbiased=False))
-        if not (math.isfinite(mean) and math.isfinite(std)) or std <= 1e-12:
-            raise ScoringError(f"calibration batch gives mean={mean}, std={std}: the reward model is constant or "
-                               "non-finite on it, so its scores cannot be put on a common scale")
-        return cls(mean, std, n)
-
-    def normalise(self, scores: torch.Tensor) -> torch.Tensor:
-        """``(s - mean) / std``: the common scale (applied by the server, see the module docstring)."""
-        return (scores.to(torch.float64) - self.mean) / self.std
-
-    def report(self) -> CalibrationReport:
-        return CalibrationReport(mean=self.mean, std=self.std, n=self.n)
+def calibration_report(calibration: Calibration) -> CalibrationReport:
+    """What ``POST /v1/calibration`` carries."""
+    return CalibrationReport(mean=calibration.mean, std=calibration.std, n=calibration.n)
 
 
 def decode_image(b64: str, where: str, *, max_pixels: int) -> Image.Image:
@@ -119,7 +102,7 @@ def score_items(model: RewardModel, prompts: Sequence[PromptPayload], items: Seq
 def calibrate(model: RewardModel, prompts: Sequence[PromptPayload], items: Sequence[TaskItem], *,
               batch_size: int = 64, max_pixels: int = 1024 * 1024, progress: bool = True) -> Calibration:
     """Score the public calibration batch and summarise it (no private data is touched)."""
-    return Calibration.from_scores(score_items(model, prompts, items, batch_size=batch_size, max_pixels=max_pixels,
+    return measure_calibration(score_items(model, prompts, items, batch_size=batch_size, max_pixels=max_pixels,
                                                progress=progress))
 
 

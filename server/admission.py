@@ -75,10 +75,6 @@ class RevocationList:
             return
         self._crl, self._error = crl, ""
 
-    def reload_count_key(self) -> tuple[int, int, int] | None:
-        """What the current CRL was loaded from (inode, size, mtime_ns): for tests and status."""
-        return self._stamp
-
     def is_revoked(self, serial: int) -> bool:
         """True if ``serial`` is on the current CRL; Rejection 503 if the CRL cannot be trusted."""
         with self._lock:
@@ -134,12 +130,6 @@ class Admission:
         except (ValueError, PKIError) as exc:
             raise Rejection(403, "bad_certificate", f"client certificate carries no usable identity: {exc}") from None
         return Caller(identity, consortium, role, name, cert.serial_number)
-
-    def admit(self, der: bytes | None) -> Caller:
-        """Identify, then :meth:`check`."""
-        caller = self.identify(der)
-        self.check(caller)
-        return caller
 
     def check(self, caller: Caller) -> None:
         """Apply revocation, consortium, admission policy and rate limit — in that order."""

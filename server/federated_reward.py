@@ -61,8 +61,6 @@ def short_name(identity: str) -> str:
 class FederatedReward:
     """``reward(prompts, completions, prompt_id=[...], **columns) -> list[float | None]``, one round per call."""
 
-    __name__ = "federated_reward"  # TRL names reward functions by __name__
-
     def __init__(self, coordinator: RoundCoordinator, prompts: Sequence[Prompt], *, step_log: Path | None = None,
                  max_response_chars: int = 4000) -> None:
         self.coordinator = coordinator

@@ -31,7 +31,7 @@ from client_agent.errors import (
 )
 from client_agent.ledger import TaskLedger, utc_day
 from client_agent.receipts import verify_receipt, verify_receipt_inclusion
-from client_agent.scoring import Calibration, decode_image, score_items
+from client_agent.scoring import calibration_report, decode_image, measure_calibration, score_items
 from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.signing import SigningKey
 from crypto.tls import client_ssl_context, server_ssl_context
@@ -84,17 +84,17 @@ def test_daily_count_and_status_transitions(tmp_path: Path) -> None:
 @given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=50).filter(lambda v: max(v) - min(v) > 1e-3))
 def test_calibration_puts_the_batch_on_a_common_scale(values: list[float]) -> None:
     scores = torch.tensor(values, dtype=torch.float64)
-    cal = Calibration.from_scores(scores)
-    z = cal.normalise(scores)
+    cal = measure_calibration(scores)
+    z = cal.zscore(scores)
     assert abs(float(z.mean())) < 1e-6 and abs(float(z.std(unbiased=False)) - 1) < 1e-6
-    assert cal.report().n == len(values)
+    assert calibration_report(cal).n == len(values)
 
 
 def test_degenerate_calibration_is_refused() -> None:
     with pytest.raises(ScoringError, match="constant or non-finite"):
-        Calibration.from_scores(torch.ones(8))
+        measure_calibration(torch.ones(8))
     with pytest.raises(ScoringError, match="at least 2"):
-        Calibration.from_scores(torch.ones(1))
+        measure_calibration(torch.ones(1))
 
 
 def _png(size: tuple[int, int] = (8, 8), fmt: str = "PNG") -> str:

@@ -1,4 +1,4 @@
-"""``mor demo``: the whole system end to end on this machine (see ``sim/demo.py``).
+"""``mor demo``: the whole system end to end on this machine (see ``sim/demo/run.py``).
 
     mor demo [--quick] [--policy FILE] [--out DIR] [--model PATH] [--seed N] [--cache DIR] [--overwrite]
 

@@ -1,20 +1,29 @@
-"""Errors of the demo harness (``mor demo``); the CLI turns each into one line on stderr.
+"""Errors of everything under ``sim/`` (harness, demo, benchmarks, evaluation); one tree.
+
+``mor demo``, ``mor bench`` and ``mor eval`` catch :class:`SimError` and print one line on
+stderr; anything else is a bug and keeps its traceback.
 
 ::
 
-    SimError                      anything the demo reports as a failure of the run
+    SimError                      anything a sim run reports as a failure
      ├── ProvisionError           the chosen policy, model path or output folder is unusable
      ├── ProcessFailedError       a party's process exited early or non-zero (message: its log tail)
      ├── ProcessTimeoutError      a party did not become ready / finish in time (message: its log tail)
-     └── ReconcileError           an audit log could not be read at all (not: a failed check —
-                                  failed checks are results, recorded in ``results.json``)
+     ├── ReconcileError           an audit log could not be read at all (not: a failed check —
+     │                            failed checks are results, recorded in ``results.json``)
+     └── EvalError                the evaluation experiment refuses or cannot finish
+          ├── EvalConfigError     a setting is out of range (names the setting and the reason)
+          └── EvalRunError        a stage failed (names the stage, seed and method)
+
+Errors from the packages a run drives (corpus, client_agent, server) are wrapped at the stage
+boundary (``EvalRunError``, ``ProcessFailedError``) so the command prints one precise line.
 """
 
 from __future__ import annotations
 
 
 class SimError(Exception):
-    """Base class of the demo harness's errors."""
+    """Base class of every error raised under ``sim/``."""
 
 
 class ProvisionError(SimError):
@@ -31,3 +40,15 @@ class ProcessTimeoutError(SimError):
 
 class ReconcileError(SimError):
     """An audit log directory or key needed for reconciliation is missing or unreadable."""
+
+
+class EvalError(SimError):
+    """The evaluation experiment (``mor eval``) refuses a setting or cannot finish a stage."""
+
+
+class EvalConfigError(EvalError, ValueError):
+    """An :class:`~sim.eval.config.EvalConfig` setting is invalid."""
+
+
+class EvalRunError(EvalError, RuntimeError):
+    """A stage of the experiment failed."""

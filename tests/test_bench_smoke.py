@@ -14,19 +14,19 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from sim.harness import OFFLINE_ENV, mor_command
+
 pytestmark = pytest.mark.slow
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _mor(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-c", ENTRY, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+    env = {**os.environ, **OFFLINE_ENV}
+    return subprocess.run(mor_command(args), cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -20,10 +19,10 @@ import pytest
 
 from audit import verify_log
 from crypto.signing import VerifyKey
+from sim.harness import OFFLINE_ENV, mor_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +38,9 @@ def _server_actions(out: Path) -> Counter[str]:
 @pytest.mark.parametrize(("policy", "mode"), [("healthcare", "fused-only"), ("pilot", "tls-only")])
 def test_round_end_to_end_in_privacy_mode(policy: str, mode: str, cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    run = subprocess.run([sys.executable, "-c", _ENTRY, "demo", "--quick", "--policy",
-                          str(REPO_ROOT / "policies" / f"{policy}.toml"), "--out", str(out), "--cache", str(cache)],
+    env = {**os.environ, **OFFLINE_ENV}
+    run = subprocess.run(mor_command(["demo", "--quick", "--policy", str(REPO_ROOT / "policies" / f"{policy}.toml"),
+                                      "--out", str(out), "--cache", str(cache)]),
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=840)
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     results = json.loads((out / "results.json").read_text("utf-8"))

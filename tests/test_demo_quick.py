@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,17 +19,17 @@ from typing import Any
 import pytest
 
 from crypto.signing import SigningKey
-from sim.reconcile import reconcile
+from sim.demo.reconcile import reconcile
+from sim.harness import OFFLINE_ENV, mor_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REPO_ROOT = Path(__file__).resolve().parents[1]
-_ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
 QUICK_BUDGET_S = 180
 
 
 def _mor(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-c", _ENTRY, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+    env = {**os.environ, **OFFLINE_ENV}
+    return subprocess.run(mor_command(args), cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -1,13 +1,14 @@
 """Section 1 — one scoring round with three real reward models: over loopback mTLS vs in-process.
 
-Per privacy mode (``ckks``, ``tls-only``, ``fused-only``) a real ``mor server serve`` process
-(and, under fused-only, a real ``mor keyholder serve``), three agent processes each running
-one of the client agent's reward-model architectures (``frozen-mlp``, ``tiny-vlt``,
-``lora-minilm``, the demo's three members, :data:`sim.provision.DEMO_AGENTS`) through the
-agent's own scoring path (:mod:`sim.bench.model_agent`), and the bench as the server's
-training side: a :class:`~server.rounds.RoundCoordinator` on the server's store with the
-mode's fusion (server key owner, none, or the key-holder client) and a learned router over
-the real prompt embeddings.
+Per privacy mode (``ckks``, ``tls-only``, ``fused-only``) a real server wired from its config
+(in this process, :class:`sim.harness.InProcessServer`; under fused-only also a real
+``mor keyholder serve`` process), three agent processes each running one of the client
+agent's reward-model architectures (``frozen-mlp``, ``tiny-vlt``, ``lora-minilm``, the demo's
+three members, :data:`sim.demo.provision.DEMO_AGENTS`) through the agent's own scoring path
+(:mod:`sim.bench.model_agent`), and the bench as the server's training side, as in
+``mor server run``: a :class:`~server.rounds.RoundCoordinator` on the server's own store,
+audit log and privacy-mode object (server key owner, none, or the key-holder client) with a
+learned router over the real prompt embeddings.
 
 The models are **freshly initialised** (seeded; pretrained frozen encoders where the
 architecture has them), saved once and loaded by every agent and by the baseline: scoring
@@ -37,9 +38,10 @@ from tqdm import tqdm
 from corpus.types import Prompt
 from server.rounds import RoundCoordinator, RoundPolicy, prompt_payload
 from server.router import LearnedRouter
-from sim.bench.harness import AgentProcess, Consortium, KeyHolderProcess, Mode, ServerProcess
-from sim.bench.stages import STAGES, StageClock, TimedFusion, TimedRouter, breakdown, timed_features
+from sim.bench.fleet import AgentProcess, Mode, bench_pki, start_keyholder_process, start_server
+from sim.bench.stages import STAGES, StageClock, TimedRouter, breakdown, timed_features, timed_privacy
 from sim.bench.stats import Figure, SectionResult, paired
+from sim.harness import ConsortiumPKI
 
 SECTION = "1 exchange"
 MODES: tuple[Mode, ...] = ("ckks", "tls-only", "fused-only")
@@ -55,7 +57,7 @@ log = logging.getLogger(__name__)
 def build_models(directory: Path, seed: int) -> dict[str, Path]:
     """The demo members' architectures, freshly initialised and saved: agent name -> model directory."""
     from client_agent.rewards.registry import ARCHITECTURES
-    from sim.provision import DEMO_AGENTS
+    from sim.demo.provision import DEMO_AGENTS
 
     out: dict[str, Path] = {}
     for k, spec in enumerate(tqdm(DEMO_AGENTS, desc="bench 1: building reward models", unit="model")):
@@ -128,60 +130,35 @@ def in_process(models: dict[str, Any], router: LearnedRouter, prompts: list[Prom
 class ModeWorld:
     """One privacy mode's server (+ key holder), the agents connected to it, and the coordinator's side."""
 
-    def __init__(self, consortium: Consortium, mode: Mode, agents: list[AgentProcess], tmp: Path) -> None:
-        from crypto.signing import SigningKey
-        from server.audit_trail import AuditLogTrail
-
+    def __init__(self, pki: ConsortiumPKI, mode: Mode, agents: list[AgentProcess]) -> None:
         self.mode, self.agents = mode, agents
-        self.keyholder = KeyHolderProcess(consortium).start() if mode == "fused-only" else None
-        self.server = ServerProcess(consortium, mode, keyholder_url=self.keyholder.url if self.keyholder else None)
-        self.closers: list[Any] = []
+        self.keyholder = start_keyholder_process(pki) if mode == "fused-only" else None
         try:
-            self.server.start()
+            self.server = start_server(pki, mode, keyholder_url=self.keyholder.base_url if self.keyholder else None)
+        except BaseException:
+            if self.keyholder is not None:
+                self.keyholder.stop()
+            raise
+        try:
             for agent in agents:
                 agent.send({"cmd": "connect", "url": self.server.url})
             for agent in agents:
                 reply = agent.reply()
                 if reply.get("mode") != mode:
                     raise RuntimeError(f"agent {agent.name} could not enrol under {mode}: {reply}")
-            self.audit = AuditLogTrail.open(tmp / f"coordinator-audit-{mode}", SigningKey.generate(),
-                                            origin="mor://bench/server")
-            self.closers.append(self.audit)
             self.clock = StageClock()
-            self.fusion = self._fusion(consortium)
+            self.privacy = timed_privacy(self.server.services.privacy, self.clock)
         except BaseException:
             self.close()
             raise
-
-    def _fusion(self, consortium: Consortium) -> TimedFusion:
-        from crypto.ckks import CKKSKeyOwner
-        from crypto.tls import client_ssl_context
-        from server.fusion import ScoreRange
-        from server.keyholder.client import KeyHolderClient
-
-        scores = ScoreRange(-100.0, 100.0)
-        if self.mode == "tls-only":
-            return TimedFusion("tls-only", scores, self.audit, clock=self.clock)
-        if self.mode == "ckks":
-            return TimedFusion("ckks", scores, self.audit, key_owner=CKKSKeyOwner.load(self.server.ckks_secret),
-                               clock=self.clock)
-        assert self.keyholder is not None
-        party = consortium.party("server")
-        client = KeyHolderClient(self.keyholder.url, client_ssl_context(
-            party / "cert.pem", party / "key.pem", consortium.ca.ca_cert_path, consortium.ca.crl_path))
-        self.closers.append(client)
-        return TimedFusion("fused-only", scores, self.audit, context=client.public_context(), keyholder=client,
-                           clock=self.clock)
 
     def federated(self, router: LearnedRouter, prompts: list[Prompt], items: list[tuple[int, str]], poll_s: float,
                   table: dict[str, torch.Tensor]
                   ) -> tuple[dict[str, float], dict[str, list[float]], list[float | None]]:
         """One round through the real server: stage seconds, per-agent scores, fused rewards."""
-        from server.state import StateStore
-
         self.clock.reset()
         coordinator = RoundCoordinator(
-            state=StateStore(self.server.database_url), audit=self.audit, fusion=self.fusion,
+            state=self.server.state, audit=self.server.audit, privacy=self.privacy,
             router=TimedRouter(router, self.clock), policy=RoundPolicy(quorum=len(self.agents), deadline_s=300.0,
                                                                       poll_interval_s=poll_s),
             features=timed_features(lookup(table), self.clock), show_progress=False)
@@ -191,7 +168,6 @@ class ModeWorld:
         result = coordinator.run_round("score", prompts, items)
         t1 = time.time()
         replies = {a.identity: a.reply() for a in self.agents}
-        coordinator.state.engine.dispose()
         errors = {a: r["error"] for a, r in replies.items() if "error" in r}
         if errors or result.skipped or result.rewards is None:
             raise RuntimeError(f"{self.mode} round failed: {result.reason or errors}")
@@ -199,11 +175,11 @@ class ModeWorld:
         return stages, {a: r["scores"] for a, r in replies.items()}, result.rewards
 
     def close(self) -> None:
-        for closer in self.closers:
-            closer.close()
-        self.server.stop()
-        if self.keyholder is not None:
-            self.keyholder.stop()
+        try:
+            self.server.close()
+        finally:
+            if self.keyholder is not None:
+                self.keyholder.stop()
 
 
 def _max_diff(a: Sequence[float | None], b: Sequence[float]) -> float:
@@ -238,9 +214,8 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0, compare_polling: bo
     with tempfile.TemporaryDirectory(prefix="mor-bench-exchange-") as tmp_name:
         tmp = Path(tmp_name)
         model_dirs = build_models(tmp / "models", seed)
-        consortium = Consortium.create(tmp, 0)
-        consortium.ca.issue("keyholder", "keyholder", dns=("localhost",), ips=("127.0.0.1",))
-        agents = [AgentProcess(consortium, consortium.add_agent(name), None, log_dir=tmp / "agent-logs",
+        pki = bench_pki(tmp, 0, keyholder=True)
+        agents = [AgentProcess(pki, pki.issue(name).name, None, log_dir=tmp / "agent-logs",
                                module="sim.bench.model_agent", extra_args=("--model-dir", str(path)))
                   for name, path in model_dirs.items()]
         try:
@@ -253,7 +228,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0, compare_polling: bo
             modes = SMOKE_MODES if smoke else MODES
             with tqdm(total=repeats * (len(modes) + len(polls) - 1), desc="bench 1 exchange", unit="round") as bar:
                 for m, mode in enumerate(modes):
-                    world = ModeWorld(consortium, mode, agents, tmp)
+                    world = ModeWorld(pki, mode, agents)
                     try:
                         if not smoke:  # untimed: lazy encoder loads in the agents, first requests to this server
                             prompts, items = round_items(2, seed + 999_999)

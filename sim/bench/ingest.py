@@ -1,12 +1,14 @@
 """Section 4 — server ingest under load, and the proof that nothing was lost.
 
 For 8, 32 and 64 concurrent synthetic agents (separate processes, real mutual TLS, see
-:mod:`sim.bench.synth_agent`) against one ``mor server serve`` (ckks mode), the bench writes
-enough rounds into the server's StateStore that no agent runs dry, lets every agent
-long-poll and submit for a fixed time, then stops them and reads:
+:mod:`sim.bench.synth_agent`) against one server (ckks mode, in this process as
+:class:`sim.harness.InProcessServer`), the bench opens enough rounds on the server's own store
+that no agent runs dry — as the coordinator opens them, each with its ``round.opened`` audit
+entry — lets every agent long-poll and submit for a fixed time, then stops them and reads:
 
 * envelopes/s and scores/s accepted; p50/p99 submission latency (the agents' clocks);
-* server CPU seconds per accepted envelope (``/proc/<pid>/stat``);
+* server CPU seconds per accepted envelope (this process's CPU time; the bench itself only
+  sleeps while the agents work);
 * **nothing lost**: accepted (HTTP 200s seen by agents) = receipts whose server signature
   verified = submission rows in the database = ``submission.accepted`` audit entries.
 
@@ -23,9 +25,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from server.state import StateStore
-from sim.bench.harness import AgentProcess, Consortium, ServerProcess
+from sim.bench.fleet import AgentProcess, agent_names, audit_actions, bench_pki, start_agents, start_server
 from sim.bench.stats import Figure, SectionResult, paired, percentile
+from sim.harness import InProcessServer
 from wire.messages import TaskItem, TaskPayload
 
 SECTION = "4 ingest"
@@ -35,38 +37,32 @@ SCORES_PER_ENVELOPE = 64
 RATE_CEILING = 200.0  # envelopes/s we provision tasks for; well above what 2 cores ingest
 
 
-def create_rounds(state: StateStore, agents: list[str], rounds: int, n_items: int, deadline_s: float) -> None:
-    """``rounds`` rounds, each with one task per agent (no prompts: synthetic agents do not score)."""
+def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items: int, deadline_s: float) -> None:
+    """``rounds`` rounds, one task per agent each (no prompts: synthetic agents do not score), audited as opened.
+
+    Why not :meth:`~server.rounds.RoundCoordinator.run_round`: it waits for each round to be
+    answered, and the load test needs a backlog. These are the same writes it makes first.
+    """
     payload = TaskPayload(kind="score", prompts=[], items=[TaskItem(prompt_index=0, response="r")] * n_items
                           ).model_dump()
     now = time.time()
     for _ in range(rounds):
         round_id = f"score-bench-{uuid.uuid4().hex}"
-        state.create_round(round_id, kind="score", n_items=n_items, deadline=now + deadline_s, now=now,
-                           task_payloads={a: (f"{round_id}-{i}", payload) for i, a in enumerate(agents)})
+        tasks = {a: f"{round_id}-{i}" for i, a in enumerate(agents)}
+        server.state.create_round(round_id, kind="score", n_items=n_items, deadline=now + deadline_s, now=now,
+                                  task_payloads={a: (t, payload) for a, t in tasks.items()})
+        server.audit.record("server", "round.opened", {"round_id": round_id, "kind": "score", "n_prompts": 0,
+                                                       "n_items": n_items, "deadline": now + deadline_s,
+                                                       "quorum": len(agents), "tasks": tasks})
 
 
-def start_agents(consortium: Consortium, server: ServerProcess, names: list[str], log_dir: Path
-                 ) -> list[AgentProcess]:
-    agents = [AgentProcess(consortium, name, server, log_dir=log_dir) for name in names]
-    try:
-        for agent in tqdm(agents, desc="agents enrolling", unit="agent", leave=False):
-            ready = agent.reply()
-            if "ready" not in ready:
-                raise RuntimeError(f"agent {agent.name}: {ready}")
-    except BaseException:
-        for agent in agents:
-            agent.close()
-        raise
-    return agents
-
-
-def _level(server: ServerProcess, state: StateStore, agents: list[AgentProcess], seconds: float) -> dict[str, Any]:
+def _level(server: InProcessServer, agents: list[AgentProcess], seconds: float) -> dict[str, Any]:
     identities = [a.identity for a in agents]
     rounds = int(RATE_CEILING * seconds / len(agents)) + 5
-    create_rounds(state, identities, rounds, SCORES_PER_ENVELOPE, deadline_s=seconds + 120)
+    open_rounds(server, identities, rounds, SCORES_PER_ENVELOPE, deadline_s=seconds + 120)
+    state, audit_dir = server.state, server.runtime.config.server.audit_dir
     rows_before = state.count_submissions()
-    audit_before = server.audit_actions("submission.accepted")
+    audit_before = audit_actions(audit_dir, "submission.accepted")
     cpu_before = server.cpu_seconds()
     started = time.monotonic()
     for agent in agents:
@@ -87,7 +83,7 @@ def _level(server: ServerProcess, state: StateStore, agents: list[AgentProcess],
         "agents": len(agents), "seconds": elapsed, "accepted": accepted,
         "receipts_valid": sum(r["receipts_valid"] for r in results),
         "db_rows": state.count_submissions() - rows_before,
-        "audit_entries": server.audit_actions("submission.accepted") - audit_before,
+        "audit_entries": audit_actions(audit_dir, "submission.accepted") - audit_before,
         "envelopes_per_s": accepted / elapsed, "cpu_per_envelope_s": cpu / max(accepted, 1),
         "p50_s": percentile(latencies, 50) if latencies else float("nan"),
         "p99_s": percentile(latencies, 99) if latencies else float("nan"), "errors": errors,
@@ -101,15 +97,14 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     samples: dict[int, list[dict[str, Any]]] = {n: [] for n in levels}
     with tempfile.TemporaryDirectory(prefix="mor-bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
-        consortium = Consortium.create(tmp, max(levels))
-        with ServerProcess(consortium, "ckks") as server:
-            state = StateStore(server.database_url)
-            agents = start_agents(consortium, server, consortium.agents, tmp / "agent-logs")
+        pki = bench_pki(tmp, max(levels))
+        with start_server(pki, "ckks") as server:
+            agents = start_agents(pki, server.url, agent_names(pki), tmp / "agent-logs")
             try:
                 with tqdm(total=repeats * len(levels), desc="bench 4 ingest", unit="level") as bar:
                     for _ in range(repeats):
                         for n in levels:
-                            samples[n].append(_level(server, state, agents[:n], seconds))
+                            samples[n].append(_level(server, agents[:n], seconds))
                             bar.update(1)
             finally:
                 for agent in agents:

@@ -1,9 +1,10 @@
 """Section 5 — round latency for 2, 4, 8, 16, 32 and 64 agents.
 
-One ``mor server serve`` (ckks), synthetic agent processes over real mTLS
-(:mod:`sim.bench.synth_agent`), and the bench as the server's training side: a
-:class:`~server.rounds.RoundCoordinator` on the server's StateStore with the server's CKKS
-key, a real audit log of its own and a uniform router. A round = tasks written, every agent
+One server (ckks, :class:`sim.harness.InProcessServer`), synthetic agent processes over real
+mTLS (:mod:`sim.bench.synth_agent`), and the bench as the server's training side in the
+server's process, as ``mor server run`` has it: a :class:`~server.rounds.RoundCoordinator` on
+the server's own state store, audit log and privacy-mode object (its CKKS key), with a uniform
+router. A round = tasks written, every agent
 long-polls its task and submits a signed CKKS envelope, the coordinator sees the quorum
 (all agents), re-verifies, decrypts (audited) and fuses. Agents outside the level are made
 not-live (``last_seen`` in the past) so the coordinator asks exactly ``n``.
@@ -22,15 +23,9 @@ import torch
 from tqdm import tqdm
 
 from corpus.types import Prompt
-from crypto.ckks import CKKSKeyOwner
-from crypto.signing import SigningKey
-from server.audit_trail import AuditLogTrail
-from server.fusion import Fusion, ScoreRange
 from server.rounds import RoundCoordinator, RoundPolicy
 from server.router import UniformRouter
-from server.state import StateStore
-from sim.bench.harness import Consortium, ServerProcess
-from sim.bench.ingest import start_agents
+from sim.bench.fleet import agent_names, bench_pki, start_agents, start_server
 from sim.bench.stats import Figure, SectionResult, paired
 
 SECTION = "5 scaling"
@@ -53,14 +48,11 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     skipped = 0
     with tempfile.TemporaryDirectory(prefix="mor-bench-scaling-") as tmp_name:
         tmp = Path(tmp_name)
-        consortium = Consortium.create(tmp, max(levels))
-        with ServerProcess(consortium, "ckks") as server:
-            state = StateStore(server.database_url)
-            agents = start_agents(consortium, server, consortium.agents, tmp / "agent-logs")
-            audit = AuditLogTrail.open(tmp / "coordinator-audit", SigningKey.generate(), origin="mor://bench/server")
+        pki = bench_pki(tmp, max(levels))
+        with start_server(pki, "ckks") as server:
+            state = server.state
+            agents = start_agents(pki, server.url, agent_names(pki), tmp / "agent-logs")
             try:
-                owner = CKKSKeyOwner.load(server.ckks_secret)
-                fusion = Fusion.ckks(scores=ScoreRange(-100.0, 100.0), audit=audit, key_owner=owner)
                 prompt = _prompt()
                 items = [(0, f"answer {i}") for i in range(ITEMS)]
                 with tqdm(total=repeats * len(levels), desc="bench 5 scaling", unit="round") as bar:
@@ -73,7 +65,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                                 agent.send({"cmd": "work", "max_s": 300})
                             time.sleep(0.5)  # every active agent has polled once: live again
                             coordinator = RoundCoordinator(
-                                state=state, audit=audit, fusion=fusion,
+                                state=state, audit=server.audit, privacy=server.services.privacy,
                                 router=UniformRouter([a.identity for a in active]),
                                 policy=RoundPolicy(quorum=n, deadline_s=120.0), show_progress=False,
                                 features=lambda ps: torch.zeros(len(ps), 4))
@@ -87,7 +79,6 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                                 agent.reply()
                             bar.update(1)
             finally:
-                audit.close()
                 for agent in agents:
                     agent.close()
     figures: list[Figure] = [paired(SECTION, f"round latency, {n} agents", "s", latency[n], f"{levels[0]} agents",

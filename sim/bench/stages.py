@@ -1,13 +1,14 @@
 """Where one federated scoring round spends its time: score, seal, transfer, open/fuse, route.
 
-A round runs across four processes (bench coordinator, server, three agents), so no single
+A round runs across several processes (server with the bench's coordinator, three agents, a
+key holder under fused-only), so no single
 timer sees it. Each stage is read from a clock that brackets it, all ``time.time()`` on the
 one machine:
 
 * the agents stamp ``received`` (task in hand), ``scored``, ``sealed`` and ``receipted``
   (:mod:`sim.bench.model_agent`);
-* :class:`TimedFusion` stamps when the coordinator hands the verified envelopes to the
-  privacy-mode fusion (``fuse_start``);
+* :func:`timed_privacy` stamps when the coordinator hands the verified envelopes to the
+  server's privacy-mode object to fuse (``fuse_start``);
 * :class:`TimedRouter` and :func:`timed_features` add up the router's own work (prompt
   embedding, weights, weighted sum) wherever the coordinator calls it.
 
@@ -31,13 +32,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, cast
 
 import torch
 
 from corpus.types import Prompt
-from server.fusion import Fusion, FusionInput, FusionOutcome
+from server.fusion import FusionInput, FusionOutcome
+from server.privacy_mode import PrivacyModeBehaviour
 from server.router.base import RouterBase
 
 STAGES = ("score", "seal", "transfer", "open/fuse", "route")
@@ -106,15 +108,23 @@ def timed_features(fn: Callable[[Sequence[Prompt]], torch.Tensor], clock: StageC
     return features
 
 
-@dataclass(frozen=True)
-class TimedFusion(Fusion):
-    """The privacy mode's fusion, stamping (wall clock) when the coordinator starts it."""
+class _TimedPrivacy:
+    """Delegates everything to the server's privacy-mode object; stamps the wall clock when ``fuse`` starts."""
 
-    clock: StageClock = field(default_factory=StageClock, compare=False)
+    def __init__(self, inner: PrivacyModeBehaviour, clock: StageClock) -> None:
+        self._inner, self._clock = inner, clock
 
     def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
-        self.clock.fuse_start = time.time()
-        return super().fuse(router, inp)
+        self._clock.fuse_start = time.time()
+        return self._inner.fuse(router, inp)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def timed_privacy(inner: PrivacyModeBehaviour, clock: StageClock) -> PrivacyModeBehaviour:
+    """``inner`` (the mode object the server was wired with), stamping ``clock.fuse_start`` at each fusion."""
+    return cast(PrivacyModeBehaviour, _TimedPrivacy(inner, clock))
 
 
 def breakdown(t0: float, t1: float, agents: Mapping[str, Mapping[str, float]], clock: StageClock

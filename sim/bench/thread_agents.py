@@ -19,7 +19,8 @@ from crypto.ckks import CKKSKeyOwner
 from crypto.envelope import seal_scores
 from crypto.signing import SigningKey
 from server.audit_trail import AuditLogTrail
-from server.fusion import Fusion, ScoreRange
+from server.fusion import ScoreRange
+from server.privacy_mode import privacy_mode_for
 from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy
 from server.router import RouterBase
 from server.state import StateStore
@@ -47,12 +48,13 @@ class ThreadAgents:
             key_b64 = base64.b64encode(self.keys[agent].verify_key().raw()).decode("ascii")
             self.state.upsert_agent(agent, signing_key_b64=key_b64, architecture="bench", epsilon=1.0, delta=1e-6,
                                     privacy_report={}, now=now)
-        self.fusion = Fusion.ckks(scores=ScoreRange(-100.0, 100.0), audit=self.audit, key_owner=self.owner)
+        self.privacy = privacy_mode_for("ckks", scores=ScoreRange(-100.0, 100.0), audit=self.audit,
+                                        key_owner=self.owner)
 
     def coordinator(self, router: RouterBase, features: FeatureFn, *, quorum: int, deadline_s: float = 60.0,
                     poll_interval_s: float = 0.1) -> RoundCoordinator:
         policy = RoundPolicy(quorum=quorum, deadline_s=deadline_s, poll_interval_s=poll_interval_s)
-        return RoundCoordinator(state=self.state, audit=self.audit, fusion=self.fusion, router=router,
+        return RoundCoordinator(state=self.state, audit=self.audit, privacy=self.privacy, router=router,
                                 policy=policy, features=features, show_progress=False)
 
     def _loop(self, agent: str) -> None:

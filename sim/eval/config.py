@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sim.eval.errors import EvalConfigError
+from sim.errors import EvalConfigError
 
 ARCHS = ("frozen-mlp", "tiny-vlt", "lora-minilm")
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from client_agent.dp import PrivacyBudget, check_epsilon
 from client_agent.rewards import BradleyTerryLoss, RewardModel
 from corpus.types import PreferencePair
-from sim.eval.errors import EvalRunError
+from sim.errors import EvalRunError
 from sim.eval.reward_models import RECIPES, build_model
 
 ARCH = "frozen-mlp"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from corpus.judging import judge
 from corpus.styles import PreferenceStyle
 from corpus.types import Prompt
-from sim.eval.errors import EvalRunError
+from sim.errors import EvalRunError
 
 
 def win_rate(rule: PreferenceStyle, prompts: Sequence[Prompt], answers: Sequence[str],

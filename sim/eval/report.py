@@ -1,6 +1,6 @@
 """Write an evaluation result: ``eval.md`` (tables), ``eval.json`` (every number) and PNG plots.
 
-Works from the JSON-able dict (:meth:`sim.eval.harness.EvalResult.to_dict`), so a report can be
+Works from the JSON-able dict (:meth:`sim.eval.experiment.EvalResult.to_dict`), so a report can be
 re-rendered from a saved ``eval.json`` without re-running anything.
 """
 

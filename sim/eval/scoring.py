@@ -2,8 +2,9 @@
 
 Why calibrate: reward models of different architectures put their scores on arbitrary scales;
 averaging raw scores would let the loudest model win. Each model is z-scored with the mean and
-std of its own scores on the *public* calibration batch (DESIGN.md step 3), so the fusion sees
-comparable numbers without touching private data. A mixture is ``sum_k w_k(x) z_k`` with the
+std of its own scores on the *public* calibration batch — the same
+:class:`wire.calibration.Calibration` the agents report and the server measures — so the fusion
+sees comparable numbers without touching private data. A mixture is ``sum_k w_k(x) z_k`` with the
 weights of a :mod:`server.router` router — the very code the networked server fuses with.
 """
 
@@ -18,7 +19,8 @@ import torch
 from client_agent.rewards.base import RewardModel
 from corpus.types import PreferencePair, Prompt
 from server.router import RouterBase, prompt_features
-from sim.eval.errors import EvalRunError
+from sim.errors import EvalRunError
+from wire.calibration import Calibration, CalibrationError
 
 _CHUNK = 64
 
@@ -61,20 +63,18 @@ class CalibratedModel:
 
     name: str
     model: RewardModel
-    mean: float
-    std: float
+    calibration: Calibration
 
     @classmethod
     def calibrate(cls, name: str, model: RewardModel, batch: Sequence[tuple[Prompt, str]]) -> CalibratedModel:
         scores = raw_scores(model, [p for p, _ in batch], [r for _, r in batch])
-        std = float(scores.std(unbiased=False))
-        if not (torch.isfinite(scores).all() and std > 1e-8):
-            raise EvalRunError(f"calibration of {name!r}: its scores on the public batch are constant or "
-                               f"not finite (std={std:g}); the model did not learn")
-        return cls(name, model, float(scores.mean()), std)
+        try:
+            return cls(name, model, Calibration.measure(scores))
+        except CalibrationError as exc:
+            raise EvalRunError(f"calibration of {name!r}: {exc}; the model did not learn") from None
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
-        return (raw_scores(self.model, prompts, responses) - self.mean) / self.std
+        return self.calibration.zscore(raw_scores(self.model, prompts, responses))
 
 
 class Mixture:

@@ -29,8 +29,8 @@ from audit import VerificationReport, verify_log
 from crypto.canonical import canonical_json
 from crypto.signing import SigningKey, VerifyKey
 from helpers.pki import Party, TestPKI
-from helpers.procs import write_toml
 from server.state import StateStore
+from sim.harness import write_toml
 from wire.messages import TaskItem, TaskPayload
 
 

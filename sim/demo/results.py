@@ -3,7 +3,7 @@
 Nothing here trusts the demo process's own memory of the run: ε comes from each agent's
 *signed* privacy report (verified with the agent's key), the LoRA movement from the server's
 audit log and, independently, from the saved adapter, the audit verdicts from
-:mod:`sim.reconcile`. ``results["ok"]`` is the conjunction of every check the demo promises.
+:mod:`sim.demo.reconcile`. ``results["ok"]`` is the conjunction of every check the demo promises.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sim.demo.provision import AgentFiles, Deployment
+from sim.demo.reconcile import Reconciliation, reconcile
 from sim.errors import ReconcileError
-from sim.provision import AgentFiles, Consortium
-from sim.reconcile import Reconciliation, reconcile
 
 STEP_KEYS = ("step", "reward", "reward_std", "kl", "agents_answered", "round_skipped", "loss")
 
@@ -32,7 +32,7 @@ def _verify_key(signing_key_file: Path) -> Any:
         raise ReconcileError(f"{signing_key_file}: cannot load the party's key: {exc}") from None
 
 
-def reconcile_run(consortium: Consortium) -> Reconciliation:
+def reconcile_run(consortium: Deployment) -> Reconciliation:
     """Verify the server's, key holder's and agents' logs; reconcile the agents' receipts."""
     data = consortium.server_data
     agents = {a.identity: (a.state_dir / "audit", _verify_key(a.state_dir / "signing-key.pem"))
@@ -86,7 +86,7 @@ def adapter_lora_b_norm(adapter: Path) -> float:
     return math.sqrt(sum(float(t.float().pow(2).sum()) for name, t in weights.items() if "lora_B" in name))
 
 
-def _training(consortium: Consortium) -> dict[str, Any]:
+def _training(consortium: Deployment) -> dict[str, Any]:
     out = consortium.training_out
     report = json.loads((out / "training_report.json").read_text("utf-8"))
     steps = []
@@ -110,7 +110,7 @@ def _training(consortium: Consortium) -> dict[str, Any]:
     }
 
 
-def collect_results(consortium: Consortium, *, options: Any, model: dict[str, Any], exits: dict[str, Any],
+def collect_results(consortium: Deployment, *, options: Any, model: dict[str, Any], exits: dict[str, Any],
                     summaries: dict[str, Any], reconciliation: Reconciliation, evaluation: Any,
                     timings: dict[str, float]) -> dict[str, Any]:
     """The whole ``results.json`` document."""

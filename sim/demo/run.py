@@ -32,9 +32,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from sim.demo.provision import Deployment, Scale, prepare_out, provision, write_training_config
 from sim.errors import ProcessFailedError, ProvisionError, SimError
-from sim.processes import ManagedProcess, ProcessGroup, wait_ready
-from sim.provision import Consortium, Scale, prepare_out, provision, write_training_config
+from sim.harness import ManagedProcess, ProcessGroup, wait_ready
 
 PHASES = ("provision", "dp-train", "policy", "services", "align", "stop", "audit", "evaluate", "report")
 SMALL_VLM_VERSION = "small-llava-v1"
@@ -127,7 +127,7 @@ def _agent_summary(process: ManagedProcess) -> dict[str, Any]:
     return {}
 
 
-def _train_agents(group: ProcessGroup, consortium: Consortium) -> list[ManagedProcess]:
+def _train_agents(group: ProcessGroup, consortium: Deployment) -> list[ManagedProcess]:
     return [group.start(f"train-{a.spec.name}", ["client", "train", "--config", str(a.config), "--quiet"],
                         env=AGENT_ENV) for a in consortium.agents]
 
@@ -140,7 +140,7 @@ def _wait_trained(processes: list[ManagedProcess], timeout_s: float) -> None:
             bar.update(1)
 
 
-def _start_services(group: ProcessGroup, consortium: Consortium) -> ManagedProcess:
+def _start_services(group: ProcessGroup, consortium: Deployment) -> ManagedProcess:
     context = consortium.auditor_context()
     if consortium.keyholder_config is not None:
         keyholder = group.start("keyholder", ["keyholder", "serve", "--config", str(consortium.keyholder_config)])
@@ -151,14 +151,14 @@ def _start_services(group: ProcessGroup, consortium: Consortium) -> ManagedProce
     return server
 
 
-def _metrics(consortium: Consortium) -> list[dict[str, Any]]:
+def _metrics(consortium: Deployment) -> list[dict[str, Any]]:
     path = consortium.training_out / "metrics.jsonl"
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
-def _align(server: ManagedProcess, agents: list[ManagedProcess], consortium: Consortium, steps: int,
+def _align(server: ManagedProcess, agents: list[ManagedProcess], consortium: Deployment, steps: int,
            timeout_s: float) -> None:
     """Wait until the server's training run wrote its report, showing GRPO steps as they land."""
     done = consortium.training_out / "training_report.json"
@@ -186,7 +186,7 @@ def _stop(group: ProcessGroup, agents: list[ManagedProcess]) -> dict[str, dict[s
 
 def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> DemoOutcome:
     """Run every phase (see the module docstring); raises :class:`SimError` if a phase cannot complete."""
-    from sim.results import collect_results
+    from sim.demo.results import collect_results
 
     run, scale = _Run(options, say), options.scale
     started = time.monotonic()
@@ -219,17 +219,17 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Dem
             exits = _stop(group, agents)
             summaries = {p.name: _agent_summary(p) for p in agents}
     with run.phase("audit", "verify every audit log; reconcile agent receipts with the server's log"):
-        from sim.results import reconcile_run
+        from sim.demo.results import reconcile_run
 
         reconciliation = reconcile_run(consortium)
     with run.phase("evaluate", f"aligned policy vs reference on {scale.n_eval} held-out test prompts"):
-        from sim.evaluate import evaluate_policy
+        from sim.demo.evaluate import evaluate_policy
 
         evaluation = evaluate_policy(model_path, consortium.training_out / "grpo" / "final", n_prompts=scale.n_eval,
                                      styles=[a.spec.style for a in consortium.agents], seed=options.seed,
                                      max_new_tokens=scale.max_completion_length)
     with run.phase("report", "results.json and report.html"):
-        from sim.report import write_report
+        from sim.demo.report import write_report
 
         run.timings["total"] = round(time.monotonic() - started, 1)
         results = collect_results(consortium, options=options, model=model_info, exits=exits, summaries=summaries,

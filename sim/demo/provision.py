@@ -1,6 +1,8 @@
-"""Provision a whole consortium in one folder: CA, certificates, private data and every party's config.
+"""Provision the demo's consortium in one folder: CA, certificates, private data and every party's config.
 
-Everything a real deployment would hand out by hand is made here, from the one policy file:
+Everything a real deployment would hand out by hand is made here, from the one policy file,
+with the shared harness (:mod:`sim.harness`: CA and certificates, server and key-holder
+configs); what is the demo's own is its members, their private data and the run's policy:
 
 * the consortium CA (named after ``policy.consortium``) and certificates for the server and
   key holder (served on ``localhost``/``127.0.0.1``), the three agents and an auditor (the
@@ -31,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policies.render import toml_document
 from sim.errors import ProvisionError
+from sim.harness import LOOPBACK, free_port, keyholder_config, server_config
+from sim.harness import write_toml as _write_toml
 
-LOOPBACK = "127.0.0.1"
 MARKER = ".mor-demo"
+HEADER = "written by `mor demo` (sim/demo/provision.py)"
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,8 @@ class AgentFiles:
 
 
 @dataclass
-class Consortium:
-    """Paths and identities of everything :func:`provision` wrote."""
+class Deployment:
+    """Paths and identities of everything :func:`provision` wrote: the demo's consortium as deployed."""
 
     out: Path
     policy_path: Path
@@ -134,10 +137,8 @@ def secure_rng_available() -> bool:
 
 
 def write_toml(path: Path, tables: Mapping[str, Mapping[str, object]]) -> Path:
-    """One ``[table]`` per entry (None values left out)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(toml_document(tables, header="written by `mor demo` (sim/provision.py)"), "utf-8")
-    return path
+    """One ``[table]`` per entry (None values left out), headed by who wrote it."""
+    return _write_toml(path, tables, header=HEADER)
 
 
 def prepare_out(out: Path, *, overwrite: bool) -> None:
@@ -183,15 +184,14 @@ def run_policy(source: Path, out: Path, *, secure_rng: bool) -> tuple[Path, Any,
     return target, policy, insecure
 
 
-def _agent_tables(spec: AgentSpec, consortium: Consortium, issued: Any, scale: Scale,
-                  epsilon: float, delta: float, pilot: bool) -> dict[str, dict[str, object]]:
+def _agent_tables(spec: AgentSpec, consortium: Deployment, tls: Mapping[str, object], scale: Scale,
+                  epsilon: float, delta: float, pilot: bool) -> dict[str, Mapping[str, object]]:
     base = consortium.out / "agents" / spec.name
     return {
         "agent": {"server_url": consortium.server_url, "server_identity": consortium.server_identity,
                   "policy": str(consortium.policy_path), "data_dir": str(base / "data"),
                   "state_dir": str(base / "state"), "insecure_pilot": pilot},
-        "tls": {"cert": str(issued.cert_path), "key": str(issued.key_path), "ca": str(consortium.ca_cert),
-                "crl": str(consortium.crl)},
+        "tls": tls,
         "model": {"arch": spec.arch, "params": dict(spec.params), "disclose_architecture": True},
         "privacy": {"epsilon": round(epsilon, 6), "delta": delta, "accountant": "prv"},
         "training": {"epochs": scale.dp_epochs, "batch_size": 32, "lr": 0.01, "max_grad_norm": 1.0},
@@ -199,21 +199,7 @@ def _agent_tables(spec: AgentSpec, consortium: Consortium, issued: Any, scale: S
     }
 
 
-def _server_tables(consortium: Consortium, issued: Any, port: int) -> None:
-    data = consortium.server_data
-    write_toml(consortium.server_config, {
-        "server": {"host": LOOPBACK, "port": port, "policy": str(consortium.policy_path),
-                   "database_url": f"sqlite:///{data / 'state.db'}", "audit_dir": str(data / "audit"),
-                   "signing_key": str(data / "server-signing.pem"),
-                   "ckks_secret_context": None if consortium.fused_only else str(data / "ckks-secret.bin"),
-                   "keyholder_url": consortium.keyholder_url, "output_dir": str(consortium.training_out),
-                   "long_poll_max_s": 10.0},
-        "tls": {"cert": str(issued.cert_path), "key": str(issued.key_path), "ca": str(consortium.ca_cert),
-                "crl": str(consortium.crl)},
-    })
-
-
-def write_training_config(consortium: Consortium, *, model_path: Path, scale: Scale, seed: int = 0) -> Path:
+def write_training_config(consortium: Deployment, *, model_path: Path, scale: Scale, seed: int = 0) -> Path:
     """The server's ``training.toml``: the policy's round shape, the scale's sizes, the policy model to align.
 
     Written separately from :func:`provision` because the (warm-started) model is usually made
@@ -234,55 +220,53 @@ def write_training_config(consortium: Consortium, *, model_path: Path, scale: Sc
 
 
 def provision(out: Path, source_policy: Path, *, scale: Scale, seed: int = 0,
-              agents: tuple[AgentSpec, ...] = DEMO_AGENTS, secure_rng: bool | None = None) -> Consortium:
+              agents: tuple[AgentSpec, ...] = DEMO_AGENTS, secure_rng: bool | None = None) -> Deployment:
     """Write the CA, certificates, policy, private data and configs of one demo consortium into ``out``.
 
     The server's ``training.toml`` comes later, from :func:`write_training_config`.
     """
     from corpus import build_client_pairs, save_pairs
     from crypto.errors import PKIError
-    from crypto.pki import init_ca
-    from sim.processes import free_port
+    from sim.harness import ConsortiumPKI
 
     secure = secure_rng_available() if secure_rng is None else secure_rng
     policy_path, policy, insecure = run_policy(source_policy, out, secure_rng=secure)
+    fused_only = policy.privacy.mode == "fused-only"
     try:
-        ca = init_ca(out / "pki", policy.consortium)
-        server = ca.issue("server", "server", dns=("localhost",), ips=(LOOPBACK,))
-        auditor = ca.issue("auditor", "auditor")
-        keyholder = ca.issue("keyholder", "keyholder", dns=("localhost",), ips=(LOOPBACK,)) \
-            if policy.privacy.mode == "fused-only" else None
-        issued_agents = [ca.issue(spec.name, "client") for spec in agents]
+        pki = ConsortiumPKI.create(out / "pki", policy.consortium)
+        server, auditor = pki.issue("server", "server"), pki.issue("auditor", "auditor")
+        keyholder = pki.issue("keyholder", "keyholder") if fused_only else None
+        for spec in agents:
+            pki.issue(spec.name, "client")
     except PKIError as exc:
         raise ProvisionError(f"{out / 'pki'}: {exc}") from None
     server_port, keyholder_port = free_port(), free_port()
-    consortium = Consortium(
+    consortium = Deployment(
         out=out, policy_path=policy_path, source_policy=source_policy, policy=policy,
-        consortium=policy.consortium, ca_cert=ca.ca_cert_path, crl=ca.crl_path, server_identity=server.identity,
+        consortium=policy.consortium, ca_cert=pki.ca_cert, crl=pki.crl, server_identity=server.identity,
         server_url=f"https://{LOOPBACK}:{server_port}", server_config=out / "server" / "server.toml",
         training_config=out / "server" / "training.toml", server_data=out / "server" / "data",
         training_out=out / "server" / "out",
         keyholder_config=out / "keyholder" / "keyholder.toml" if keyholder else None,
         keyholder_url=f"https://{LOOPBACK}:{keyholder_port}" if keyholder else None,
         keyholder_data=out / "keyholder" / "data" if keyholder else None,
-        auditor_cert=auditor.cert_path, auditor_key=auditor.key_path, insecure=insecure,
+        auditor_cert=auditor.cert, auditor_key=auditor.key, insecure=insecure,
     )
-    for spec, issued in zip(agents, issued_agents, strict=True):
+    for spec in agents:
+        party = pki.party(spec.name)
         epsilon = spec.budget_share * policy.privacy.max_epsilon
-        tables = _agent_tables(spec, consortium, issued, scale, epsilon, policy.privacy.max_delta, not secure)
+        tables = _agent_tables(spec, consortium, pki.tls(spec.name), scale, epsilon, policy.privacy.max_delta,
+                               not secure)
         config = write_toml(out / "agents" / spec.name / "agent.toml", tables)
         save_pairs(build_client_pairs(spec.style, scale.n_pairs, seed=seed), out / "agents" / spec.name / "data")
-        consortium.agents.append(AgentFiles(spec, issued.identity, config, out / "agents" / spec.name / "state",
+        consortium.agents.append(AgentFiles(spec, party.identity, config, out / "agents" / spec.name / "state",
                                             epsilon, policy.privacy.max_delta))
-    _server_tables(consortium, server, server_port)
+    server_config(consortium.server_config, data=consortium.server_data, tls=pki.tls("server"),
+                  policy=consortium.policy_path, port=server_port, keyholder_url=consortium.keyholder_url,
+                  ckks_secret=not fused_only, header=HEADER, output_dir=str(consortium.training_out),
+                  long_poll_max_s=10.0)
     if keyholder is not None and consortium.keyholder_config is not None and consortium.keyholder_data is not None:
-        data = consortium.keyholder_data
-        write_toml(consortium.keyholder_config, {
-            "keyholder": {"host": LOOPBACK, "port": keyholder_port, "server_identity": server.identity,
-                          "secret_context": str(data / "ckks-secret.bin"), "audit_dir": str(data / "audit"),
-                          "signing_key": str(data / "keyholder-signing.pem"),
-                          "policy": str(consortium.policy_path)},
-            "tls": {"cert": str(keyholder.cert_path), "key": str(keyholder.key_path), "ca": str(ca.ca_cert_path),
-                    "crl": str(ca.crl_path)},
-        })
+        keyholder_config(consortium.keyholder_config, data=consortium.keyholder_data, tls=pki.tls("keyholder"),
+                         server_identity=server.identity, port=keyholder_port, policy=consortium.policy_path,
+                         header=HEADER)
     return consortium

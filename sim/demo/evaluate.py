@@ -4,8 +4,8 @@ Two questions a consortium member asks of the run:
 
 * *Did the shared model move toward what **my** annotators prefer?* — per client, the win rate
   of the aligned policy's answer over the reference's under that client's hidden rule
-  (``corpus.styles.STYLES[name].utility``; a tie counts one half), on every test prompt and on
-  the client's own domain;
+  (:func:`sim.eval.metrics.win_rate`, the evaluation experiment's own measure; a tie counts one
+  half), on every test prompt and on the client's own domain;
 * *Did it stay correct?* — easy-vqa-style gold accuracy (:func:`server.vlm.gold_hit_rate`).
 
 Both models answer greedily, so the comparison is deterministic; the reference is the
@@ -41,16 +41,12 @@ class Evaluation:
         return asdict(self)
 
 
-def _win_rate(before: Sequence[float], after: Sequence[float]) -> float:
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for b, a in zip(before, after, strict=True))
-    return wins / len(before) if before else float("nan")
-
-
 def compare(prompts: Sequence[Any], before: Sequence[str], after: Sequence[str], styles: Sequence[str]
             ) -> Evaluation:
     """Score two answer lists (reference, aligned) under each client's hidden rule and against gold."""
     from corpus import STYLES
     from server.vlm import gold_hit_rate
+    from sim.eval.metrics import win_rate
 
     result = Evaluation(n_prompts=len(prompts), gold_accuracy_before=gold_hit_rate(prompts, before),
                         gold_accuracy_after=gold_hit_rate(prompts, after),
@@ -61,8 +57,9 @@ def compare(prompts: Sequence[Any], before: Sequence[str], after: Sequence[str],
         u_after = [rule.utility(p, text) for p, text in zip(prompts, after, strict=True)]
         own = [i for i, p in enumerate(prompts) if p.domain in rule.domains]
         result.clients[name] = ClientPreference(
-            win_rate=_win_rate(u_before, u_after),
-            win_rate_own_domain=_win_rate([u_before[i] for i in own], [u_after[i] for i in own]) if own else None,
+            win_rate=win_rate(rule, prompts, after, before),
+            win_rate_own_domain=win_rate(rule, [prompts[i] for i in own], [after[i] for i in own],
+                                         [before[i] for i in own]) if own else None,
             utility_before=sum(u_before) / len(u_before), utility_after=sum(u_after) / len(u_after))
     result.examples = [{"domain": p.domain, "question": p.question, "before": b, "after": a}
                        for p, b, a in list(zip(prompts, before, after, strict=True))[:6]]

@@ -1,4 +1,5 @@
-"""Signed checkpoints in the shape they travel in over HTTP (``wire.messages.SignedCheckpoint``).
+"""Audit proofs in the shape they travel in over HTTP (``wire.messages.SignedCheckpoint`` and
+``wire.messages.SignedInclusionProof``).
 
 Why here and not in the server or the agent: both ends must agree byte for byte on what a wire
 checkpoint means — the hex signature travels as base64 and ``root`` as ``root_sha256`` — and the
@@ -13,6 +14,7 @@ import binascii
 from collections.abc import Mapping
 from typing import Any
 
+from audit.log import InclusionProof
 from audit.records import Checkpoint
 from crypto.errors import IntegrityError
 from crypto.signing import VerifyKey
@@ -23,6 +25,12 @@ def checkpoint_to_wire(checkpoint: Checkpoint) -> dict[str, Any]:
     signature = base64.b64encode(bytes.fromhex(checkpoint.signature)).decode("ascii")
     return {"origin": checkpoint.origin, "size": checkpoint.size, "root_sha256": checkpoint.root,
             "timestamp": checkpoint.time, "signature_b64": signature}
+
+
+def inclusion_to_wire(proof: InclusionProof, head: Checkpoint) -> dict[str, Any]:
+    """An inclusion proof with the signed head it is for, as ``wire.messages.SignedInclusionProof`` fields."""
+    return {"index": proof.index, "tree_size": proof.tree_size, "leaf_sha256": proof.leaf_hash,
+            "path_sha256": list(proof.path), "checkpoint": checkpoint_to_wire(head)}
 
 
 def checkpoint_from_wire(wire: Mapping[str, Any], verify_key: VerifyKey) -> Checkpoint:

@@ -23,7 +23,7 @@ from client_agent.errors import ServerTrustError
 from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError
 from crypto.signing import VerifyKey
-from wire.messages import InclusionProof, Receipt, SignedCheckpoint
+from wire.messages import Receipt, SignedCheckpoint, SignedInclusionProof
 
 
 def receipt_sha256(receipt: Receipt) -> str:
@@ -55,7 +55,7 @@ def verify_checkpoint(checkpoint: SignedCheckpoint, server_key: VerifyKey) -> Ch
                                f"{server_key.fingerprint()[:16]}…") from None
 
 
-def verify_receipt_inclusion(receipt: Receipt, proof: InclusionProof, server_key: VerifyKey) -> Checkpoint:
+def verify_receipt_inclusion(receipt: Receipt, proof: SignedInclusionProof, server_key: VerifyKey) -> Checkpoint:
     """The receipt's entry is in the server's log under a checkpoint the server signed."""
     checkpoint = verify_checkpoint(proof.checkpoint, server_key)
     if proof.index != receipt.audit_index or proof.leaf_sha256 != receipt.audit_leaf_sha256:

@@ -45,10 +45,10 @@ from wire.messages import (
     EnrolRequest,
     EnrolResponse,
     ErrorBody,
-    InclusionProof,
     Receipt,
     ScoringTask,
     SignedCheckpoint,
+    SignedInclusionProof,
     Submission,
     TaskDecline,
 )
@@ -226,8 +226,8 @@ class ServerChannel:
     def checkpoint(self) -> SignedCheckpoint:
         return self._call("GET", "/v1/audit/checkpoint", SignedCheckpoint)
 
-    def inclusion_proof(self, index: int) -> InclusionProof:
-        return self._call("GET", f"/v1/audit/proof/{index}", InclusionProof)
+    def inclusion_proof(self, index: int) -> SignedInclusionProof:
+        return self._call("GET", f"/v1/audit/proof/{index}", SignedInclusionProof)
 
 
 def _parse(reply: httpx.Response, model: type[ModelT]) -> ModelT:

@@ -109,7 +109,7 @@ class RateLimiter:
             return allowed
 
 
-class Admission:
+class AdmissionControl:
     """Turns a verified peer certificate into a :class:`Caller`, or a Rejection."""
 
     def __init__(self, *, consortium: str, revocations: RevocationList, rate_limiter: RateLimiter,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audit import AuditLog, Checkpoint
-from audit.wire_form import checkpoint_to_wire
+from audit.wire_form import checkpoint_to_wire, inclusion_to_wire
 from crypto.signing import SigningKey
 from server.services import AuditRecord
 
@@ -60,8 +60,7 @@ class AuditLogTrail:
         if index >= head.size:  # appended after the head was read: sign one that covers it
             head = self.log.checkpoint()
         proof = self.log.inclusion_proof(index, head.size)
-        return {"index": proof.index, "tree_size": proof.tree_size, "leaf_sha256": proof.leaf_hash,
-                "path_sha256": list(proof.path), "checkpoint": checkpoint_to_wire(head)}
+        return inclusion_to_wire(proof, head)
 
     def size(self) -> int:
         return self.log.size

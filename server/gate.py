@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from server.admission import Admission, Caller
+from server.admission import AdmissionControl, Caller
 from server.mtls import peer_certificate_der
 from server.rejections import Rejection
 
@@ -69,7 +69,7 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 class Gate:
     """Pure ASGI middleware: admission + body limit, rejections answered by ``reject``."""
 
-    def __init__(self, app: ASGIApp, *, admission: Admission, max_body_bytes: int, reject: RejectFn) -> None:
+    def __init__(self, app: ASGIApp, *, admission: AdmissionControl, max_body_bytes: int, reject: RejectFn) -> None:
         self.app = app
         self.admission = admission
         self.max_body_bytes = max_body_bytes

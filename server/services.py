@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crypto.signing import SigningKey
-from server.admission import Admission
+from server.admission import AdmissionControl
 from server.errors import PrivacyModeError
 from server.state import StateStore
 from wire.messages import PrivacyMode
@@ -68,7 +68,7 @@ class AuditTrail(Protocol):
     """What the service needs from the audit log (:class:`server.audit_trail.AuditLogTrail` in production).
 
     ``checkpoint()`` and ``proof(i)`` return the ``wire.messages`` shapes (``SignedCheckpoint``,
-    ``InclusionProof``); ``record`` raises if the entry cannot be written — never drop it silently.
+    ``SignedInclusionProof``); ``record`` raises if the entry cannot be written — never drop it silently.
     """
 
     def record(self, actor: str, action: str, data: Mapping[str, Any]) -> AuditRecord: ...
@@ -88,7 +88,7 @@ class Services:
     state: StateStore
     audit: AuditTrail
     signing_key: SigningKey
-    admission: Admission
+    admission: AdmissionControl
     privacy: PrivacyModeBehaviour
     clock: Clock = time.time
     long_poll_max_s: float = 30.0

@@ -27,7 +27,7 @@ from crypto.pki import parse_identity
 from crypto.signing import SigningKey
 from crypto.tls import server_ssl_context
 from policies import Policy, PolicyError, load_policy
-from server.admission import Admission, RateLimiter, RevocationList
+from server.admission import AdmissionControl, RateLimiter, RevocationList
 from server.audit_trail import AuditLogTrail
 from server.config import ServerConfig
 from server.errors import ConfigError
@@ -119,7 +119,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
     privacy = None
     try:
         privacy = open_privacy_mode(config, policy, audit=audit)
-        admission = Admission(
+        admission = AdmissionControl(
             consortium=policy.consortium, revocations=RevocationList(config.tls.crl, config.tls.ca, now=clock),
             rate_limiter=RateLimiter(service.requests_per_s, service.burst),
             allowed_identities=service.allowed_identities,
@@ -178,7 +178,7 @@ def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
             owner = CKKSKeyOwner.generate(precision=section.precision)
             owner.save(section.secret_context)
         revocations = RevocationList(config.tls.crl, config.tls.ca)
-        admission = Admission(consortium=consortium, revocations=revocations,
+        admission = AdmissionControl(consortium=consortium, revocations=revocations,
                               rate_limiter=RateLimiter(section.requests_per_s, max(1, int(section.requests_per_s))))
     except (CryptoError, OSError) as exc:
         raise ConfigError(f"{config.source}: {exc}") from None

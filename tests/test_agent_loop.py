@@ -9,10 +9,7 @@ and the agent's own audit log verified.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import replace
@@ -23,7 +20,7 @@ import httpx
 import pytest
 from helpers.consortium import audit_report, log_key, server_data, write_policy
 from helpers.pki import make_pki
-from helpers.procs import REPO_ROOT, free_port, start_server, write_server_config
+from helpers.procs import free_port, start_agent, start_server, write_server_config
 
 from audit import verify_log
 from client_agent.agent import Agent
@@ -37,10 +34,9 @@ from crypto.signing import SigningKey
 from mor_cli.main import main
 from server.rounds import prompt_payload
 from server.state import StateStore
-from wire.messages import InclusionProof, Receipt, TaskItem, TaskPayload
+from wire.messages import Receipt, SignedInclusionProof, TaskItem, TaskPayload
 
 pytestmark = pytest.mark.timeout(240)
-_ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
 CANDIDATES = build_calibration_set(12, seed=5)
 
 
@@ -109,10 +105,7 @@ def test_agent_process_serves_tasks_keeps_verifiable_receipts_and_stops_on_sigte
     config = load_agent_config(config_path, check_policy=False)
     identity = config.identity()
     log = world["tmp"] / "alice-run.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("wb") as sink:  # the agent starts first: it must retry until the server is up
-        agent = subprocess.Popen([sys.executable, "-c", _ENTRY, "client", "run", "--config", str(config_path),
-                                  "--quiet"], cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    agent = start_agent(config_path, log=log)  # the agent starts first: it must retry until the server is up
     try:
         _wait(lambda: b"retry" in log.read_bytes(), 60, "a connection retry", log)
         with start_server(server_config) as server:
@@ -128,7 +121,7 @@ def test_agent_process_serves_tasks_keeps_verifiable_receipts_and_stops_on_sigte
                 _wait(lambda t=tasks[label]: _ledger_status(config_path, t) in ("receipted", "refused"), 90,
                       f"task {label}", log)
             started = time.monotonic()
-            agent.send_signal(signal.SIGTERM)  # it is now in a 20 s long poll
+            agent.proc.send_signal(signal.SIGTERM)  # it is now in a 20 s long poll
             assert agent.wait(30) == 0, log.read_text()[-3000:]
             assert time.monotonic() - started < 15  # the long poll was abandoned, not waited out
             summary = json.loads(log.read_text().strip().splitlines()[-1])
@@ -154,15 +147,14 @@ def test_agent_process_serves_tasks_keeps_verifiable_receipts_and_stops_on_sigte
             with httpx.Client(base_url=server.base_url, verify=auditor.client_context(), timeout=30) as http:
                 for receipt in receipts:
                     assert store.submission(receipt.task_id)["envelope_sha256"] == receipt.envelope_sha256  # type: ignore[index]
-                    proof = InclusionProof.model_validate(http.get(f"/v1/audit/proof/{receipt.audit_index}").json())
+                    raw = http.get(f"/v1/audit/proof/{receipt.audit_index}").json()
+                    proof = SignedInclusionProof.model_validate(raw)
                     verify_receipt_inclusion(receipt, proof, server_key)
             store.engine.dispose()
         counts = audit_report(server_config).actions_by_actor[identity]
         assert counts["agent.enrolled"] == 1 and counts["submission.accepted"] == 2
     finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait(10)
+        agent.kill()
 
 
 def test_crash_after_sealing_resubmits_the_same_envelope(world: dict[str, Any]) -> None:

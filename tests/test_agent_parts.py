@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from audit import AuditLog
+from audit.wire_form import inclusion_to_wire
 from client_agent.errors import (
     LedgerError,
     PinMismatchError,
@@ -36,7 +37,7 @@ from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.signing import SigningKey
 from crypto.tls import client_ssl_context, server_ssl_context
 from server.mtls import uvicorn_config
-from wire.messages import InclusionProof, PromptPayload, Receipt, SignedCheckpoint, TaskItem
+from wire.messages import PromptPayload, Receipt, SignedInclusionProof, TaskItem
 
 NOW = 1_790_000_000.0
 
@@ -232,10 +233,7 @@ def test_inclusion_proof_against_a_real_signed_checkpoint(tmp_path: Path) -> Non
         log.append(actor="server", action="filler")
         head = log.checkpoint()
         proof = log.inclusion_proof(entry.index, head.size)
-    wire_cp = SignedCheckpoint(origin=head.origin, size=head.size, root_sha256=head.root, timestamp=head.time,
-                               signature_b64=base64.b64encode(bytes.fromhex(head.signature)).decode())
-    wire = InclusionProof(index=proof.index, tree_size=proof.tree_size, leaf_sha256=proof.leaf_hash,
-                          path_sha256=list(proof.path), checkpoint=wire_cp)
+    wire = SignedInclusionProof.model_validate(inclusion_to_wire(proof, head))
     receipt = _signed_receipt(key, audit_index=entry.index, audit_leaf_sha256=entry.leaf_hash_hex)
     assert verify_receipt_inclusion(receipt, wire, key.verify_key()).size == 8
     bad_path = wire.model_copy(update={"path_sha256": ["0" * 64, *wire.path_sha256[1:]]})

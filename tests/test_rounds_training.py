@@ -17,7 +17,7 @@ from helpers.pki import make_pki
 from test_rounds_coordinator import AGENTS, CALIBRATION, World, features
 
 from crypto.signing import SigningKey
-from server.admission import Admission, RateLimiter, RevocationList
+from server.admission import AdmissionControl, RateLimiter, RevocationList
 from server.errors import TrainingError
 from server.router import LearnedRouter
 from server.services import ServicePolicy, Services
@@ -36,8 +36,9 @@ def setup(tmp_path: Path) -> Iterator[tuple[World, Services]]:
                            score_min=-100, score_max=100, out_of_range="refuse", allowed_identities=None)
     assert world.owner is not None
     services = Services(policy=policy, state=world.state, audit=world.audit, signing_key=SigningKey.generate(),
-                        admission=Admission(consortium="testnet", revocations=RevocationList(pki.crl, pki.ca_cert),
-                                            rate_limiter=RateLimiter(100, 100)),
+                        admission=AdmissionControl(consortium="testnet",
+                                                   revocations=RevocationList(pki.crl, pki.ca_cert),
+                                                   rate_limiter=RateLimiter(100, 100)),
                         privacy=world.fusion)
     yield world, services
     world.close()

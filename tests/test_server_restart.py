@@ -24,7 +24,7 @@ from audit.wire_form import checkpoint_from_wire
 from crypto.ckks import load_public_context
 from crypto.envelope import seal_scores
 from server.state import StateStore, rounds
-from wire.messages import InclusionProof, Receipt
+from wire.messages import Receipt, SignedInclusionProof
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,7 +56,7 @@ def test_kill_9_then_restart_keeps_receipts_nonces_and_a_verifiable_log(tmp_path
         assert again.status_code == 200 and Receipt.model_validate(again.json()) == receipt
         replay = alice.submit(task_2, refused)
         assert (replay.status_code, replay.json()["code"]) == (400, "integrity_error")
-        proof = InclusionProof.model_validate(alice.http.get(f"/v1/audit/proof/{receipt.audit_index}").json())
+        proof = SignedInclusionProof.model_validate(alice.http.get(f"/v1/audit/proof/{receipt.audit_index}").json())
         alice.close()
         assert server.stop() == 0
 

@@ -26,7 +26,7 @@ from server.audit_trail import AuditLogTrail
 from server.config import load_server_config
 from server.errors import ConfigError
 from server.wiring import open_server, service_policy
-from wire.messages import InclusionProof, SignedCheckpoint
+from wire.messages import SignedCheckpoint, SignedInclusionProof
 
 
 def test_builtin_policies_map_to_the_rules_the_service_enforces() -> None:
@@ -51,7 +51,7 @@ def test_audit_trail_serves_checkpoints_and_proofs_a_verifier_can_check(tmp_path
     assert [r.index for r in records] == list(range(5)) and trail.size() == 5
     head = SignedCheckpoint.model_validate(trail.checkpoint())
     assert trail.checkpoint() == head.model_dump()  # nothing new: the same signed head, no new line
-    proof = InclusionProof.model_validate(trail.proof(3))
+    proof = SignedInclusionProof.model_validate(trail.proof(3))
     checked = checkpoint_from_wire(proof.checkpoint.model_dump(), key.verify_key())
     assert proof.leaf_sha256 == records[3].leaf_sha256 and checked.size == 5
     verify_inclusion(proof.leaf_sha256, 3, checked.size, proof.path_sha256, checked.root)

@@ -14,7 +14,7 @@ certificate, never from a field in these messages)::
     POST /v1/tasks/{id}/decline    TaskDecline         -> Ack  (the agent's local policy refuses it)
     POST /v1/submissions           Submission          -> Receipt
     GET  /v1/audit/checkpoint      -> SignedCheckpoint
-    GET  /v1/audit/proof/{index}   -> InclusionProof
+    GET  /v1/audit/proof/{index}   -> SignedInclusionProof
     GET  /v1/status                -> ServerStatus        (and GET /status: the HTML page)
 
 Key holder (fused-only mode; a separate process that owns the CKKS secret key)::
@@ -172,7 +172,12 @@ class SignedCheckpoint(WireModel):
     signature_b64: str
 
 
-class InclusionProof(WireModel):
+class SignedInclusionProof(WireModel):
+    """An audit inclusion proof (``audit.InclusionProof``) together with the signed head it is for.
+
+    Built only by :func:`audit.wire_form.inclusion_to_wire`, so field names cannot drift.
+    """
+
     index: int
     tree_size: int
     leaf_sha256: str

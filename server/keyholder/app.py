@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from crypto.ckks import CKKSKeyOwner, SealedVector
 from crypto.errors import IntegrityError
-from server.admission import Admission, Caller
+from server.admission import AdmissionControl, Caller
 from server.gate import Gate
 from server.keyholder.messages import DecryptAgentRequest, DecryptAgentResponse
 from server.keyholder.public_rounds import PublicRoundGate
@@ -49,7 +49,7 @@ class KeyHolderServices:
     owner: CKKSKeyOwner
     server_identity: str
     audit: AuditTrail
-    admission: Admission
+    admission: AdmissionControl
     max_body_bytes: int
     public_rounds: PublicRoundGate | None = None  # None: per-agent decryption refused
     counts: DecryptionCounts = field(default_factory=DecryptionCounts)

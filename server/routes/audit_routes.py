@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from server.admission import Caller
 from server.rejections import Rejection
 from server.routes.common import any_caller, services_of
-from wire.messages import InclusionProof, SignedCheckpoint
+from wire.messages import SignedCheckpoint, SignedInclusionProof
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"])
 
@@ -20,11 +20,11 @@ def checkpoint(request: Request, _caller: Annotated[Caller, Depends(any_caller)]
     return SignedCheckpoint.model_validate(services_of(request).audit.checkpoint())
 
 
-@router.get("/proof/{index}", response_model=InclusionProof, summary="Inclusion proof of one audit entry")
+@router.get("/proof/{index}", response_model=SignedInclusionProof, summary="Inclusion proof of one audit entry")
 def proof(index: Annotated[int, Path(ge=0)], request: Request,
-          _caller: Annotated[Caller, Depends(any_caller)]) -> InclusionProof:
+          _caller: Annotated[Caller, Depends(any_caller)]) -> SignedInclusionProof:
     audit = services_of(request).audit
     size = audit.size()
     if index >= size:
         raise Rejection(404, "unknown_audit_index", f"audit index {index} is beyond the log (size {size})")
-    return InclusionProof.model_validate(audit.proof(index))
+    return SignedInclusionProof.model_validate(audit.proof(index))

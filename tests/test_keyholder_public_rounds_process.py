@@ -13,10 +13,7 @@ per-agent decryption per public-round envelope, none for a score round, which it
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 import tomllib
 from pathlib import Path
@@ -28,8 +25,9 @@ from helpers.consortium import actions, audit_report, server_data
 from helpers.memory_audit import MemoryAudit
 from helpers.pki import make_pki
 from helpers.procs import (
-    REPO_ROOT,
+    ServiceProcess,
     free_port,
+    start_agent,
     start_keyholder,
     start_server,
     write_keyholder_config,
@@ -51,7 +49,6 @@ from server.trainer import TrainingSection, fit_router_on_public_pairs
 from wire.calibration import Calibration
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-_ENTRY = "import sys; from mor_cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _policy(path: Path) -> Path:
@@ -96,19 +93,14 @@ def test_fused_only_fits_router_and_calibrates_through_key_holder_only_on_public
     server_port = free_port()
     configs = [_train_agent(tmp_path, pki, name, style, policy, f"https://127.0.0.1:{server_port}")
                for name, style in (("alice", "medical"), ("bob", "finance"))]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    agents: list[subprocess.Popen[bytes]] = []
+    agents: list[ServiceProcess] = []
     with start_keyholder(kh_config) as keyholder:
         server_config = write_server_config(tmp_path, pki, policy=policy, port=server_port,
                                             keyholder_url=keyholder.base_url)
         with start_server(server_config) as server:
             store = StateStore(str(server_data(server_config)["database_url"]))
             try:
-                for config in configs:
-                    with (config.with_suffix(".log")).open("wb") as sink:
-                        agents.append(subprocess.Popen([sys.executable, "-c", _ENTRY, "client", "run", "--config",
-                                                        str(config), "--quiet"], cwd=REPO_ROOT, env=env,
-                                                       stdout=sink, stderr=subprocess.STDOUT))
+                agents += [start_agent(config, log=config.with_suffix(".log")) for config in configs]
                 _wait(lambda: len(store.list_agents()) == 2, 90, "both agents enrolled")
                 assert server.alive(), server.log_text()
                 identities = sorted(a["identity"] for a in store.list_agents())
@@ -163,8 +155,7 @@ def test_fused_only_fits_router_and_calibrates_through_key_holder_only_on_public
                 assert "decrypt.agent" not in server_actions  # the server itself never decrypts
             finally:
                 for agent in agents:
-                    agent.terminate()
-                    agent.wait(30)
+                    agent.stop(30)
                 store.engine.dispose()
     report = audit_report(kh_config, "keyholder")
     assert report.ok, report.first_problem

@@ -1,4 +1,4 @@
-"""Real ``mor server serve|run`` / ``mor keyholder serve`` processes on loopback, for tests (on :mod:`sim.harness`).
+"""Real ``mor server serve|run`` / ``mor keyholder serve`` / ``mor client run`` processes on loopback, for tests.
 
     port = free_port()
     config = write_server_config(tmp_path, pki, policy=policy_path, port=port)
@@ -8,7 +8,7 @@
     # leaving the block terminates it if still running; server.log holds its stdout+stderr
 
 Only the test-friendly defaults live here (data folders beside the config, processes started
-from the repository root); starting, probing and stopping is the harness's.
+from the repository root); starting, probing and stopping is the shared harness's (:mod:`sim.harness`).
 """
 
 from __future__ import annotations
@@ -59,5 +59,11 @@ def start_keyholder(config: Path, *, env: Mapping[str, str] | None = None, timeo
     return harness.start_keyholder(config, log=log, env=env, cwd=REPO_ROOT, timeout=timeout)
 
 
-__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "start_keyholder", "start_server", "start_server_run",
-           "write_keyholder_config", "write_server_config", "write_toml"]
+def start_agent(config: Path, *, log: Path, env: Mapping[str, str] | None = None) -> ServiceProcess:
+    """Start ``mor client run --config config --quiet`` (not waited for: an agent serves no port)."""
+    return harness.start_mor(Path(config).stem, ["client", "run", "--config", str(config), "--quiet"], log=log,
+                             env=env, cwd=REPO_ROOT)
+
+
+__all__ = ["REPO_ROOT", "ServiceProcess", "free_port", "start_agent", "start_keyholder", "start_server",
+           "start_server_run", "write_keyholder_config", "write_server_config", "write_toml"]

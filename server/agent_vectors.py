@@ -27,7 +27,7 @@ class AgentDecryptor(Protocol):
 
 
 class DecryptedAgent(Protocol):
-    """The key holder's reply (``server.keyholder.messages.DecryptAgentResponse``)."""
+    """The key holder's reply (``wire.messages.DecryptAgentResponse``)."""
 
     @property
     def agent(self) -> str: ...

@@ -21,6 +21,8 @@ Key holder (fused-only mode; a separate process that owns the CKKS secret key)::
 
     GET  /v1/context               (octet-stream: the public CKKS context)
     POST /v1/decrypt-fused         DecryptFusedRequest -> DecryptFusedResponse   (server identity only)
+    POST /v1/decrypt-agent         DecryptAgentRequest -> DecryptAgentResponse   (server identity only; public
+                                   rounds only, opt-in by policy; the key holder checks the agent's signature)
 
 Signed values (receipts, privacy reports) follow one rule: the signature (``signature_b64``,
 Ed25519) covers ``canonical_json`` of the value's JSON object *without* its ``signature_b64``
@@ -149,6 +151,22 @@ class DecryptFusedRequest(WireModel):
 class DecryptFusedResponse(WireModel):
     values: list[float] = Field(description="the fused reward, rounded by the key owner")
     decryptions: int = Field(description="ciphertexts this key holder has decrypted in total")
+    audit_index: int
+
+
+class DecryptAgentRequest(WireModel):
+    """fused-only, public rounds only: one agent's envelope for the key holder to open after its own checks."""
+
+    envelope: dict[str, Any] = Field(description="the agent's signed envelope (crypto.envelope.Envelope.to_dict())")
+    key_binding: dict[str, Any] = Field(description="the agent's key binding from its enrolment "
+                                                    "(crypto.key_binding.bind_signing_key)")
+
+
+class DecryptAgentResponse(WireModel):
+    agent: str
+    round_id: str = Field(description="the round id the agent signed (a calibrate- or router- round)")
+    values: list[float] = Field(description="the agent's scores, rounded by the key owner")
+    agent_decryptions: int = Field(description="per-agent envelopes this key holder has decrypted in total")
     audit_index: int
 
 

@@ -21,13 +21,18 @@ from crypto.ckks import CKKSKeyOwner, SealedVector
 from crypto.errors import IntegrityError
 from server.admission import AdmissionControl, Caller
 from server.gate import Gate
-from server.keyholder.messages import DecryptAgentRequest, DecryptAgentResponse
 from server.keyholder.public_rounds import PublicRoundGate
 from server.rejections import Rejection
 from server.replies import install_rejection_handling
 from server.routes.common import any_caller
 from server.services import AuditTrail
-from wire.messages import API_VERSION, DecryptFusedRequest, DecryptFusedResponse
+from wire.messages import (
+    API_VERSION,
+    DecryptAgentRequest,
+    DecryptAgentResponse,
+    DecryptFusedRequest,
+    DecryptFusedResponse,
+)
 
 
 @dataclass

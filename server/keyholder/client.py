@@ -14,8 +14,13 @@ from crypto.ckks import PublicContext, SealedVector, load_public_context
 from crypto.envelope import Envelope
 from crypto.errors import ParameterError
 from server.errors import KeyHolderError
-from server.keyholder.messages import DecryptAgentRequest, DecryptAgentResponse
-from wire.messages import DecryptFusedRequest, DecryptFusedResponse, ErrorBody
+from wire.messages import (
+    DecryptAgentRequest,
+    DecryptAgentResponse,
+    DecryptFusedRequest,
+    DecryptFusedResponse,
+    ErrorBody,
+)
 
 
 class KeyHolderClient:

@@ -1,6 +1,7 @@
 """The server's training run: agents -> calibration -> router -> GRPO, every stage on the record.
 
-Read top to bottom, it is the alignment run of DESIGN.md §"One alignment run", server side:
+Read top to bottom, it is the server's side of the alignment run (docs/architecture.md, "One
+alignment run"):
 
 1. wait until at least ``quorum`` agents are enrolled and live;
 2. calibration round (kind ``calibrate``) on a public batch: the server measures each agent's

@@ -1,4 +1,4 @@
 """The wire protocol shared by the aggregation server, the key holder and the client agents.
 
-One module of typed messages so both ends agree by construction (STYLE.md §6).
+One module of typed messages so both ends agree by construction (docs/architecture.md).
 """

@@ -84,7 +84,8 @@ class TLSSection(_Section):
 
 class ModelSection(_Section):
     arch: str = Field(
-        default="frozen-mlp", description="reward-model architecture: frozen-mlp, tiny-vlt or lora-minilm")
+        default="frozen-mlp",
+        description="frozen-mlp, tiny-vlt, lora-minilm, hf-text, hf-vlm (params.path) or package.module:factory")
     params: dict[str, int | float | str | bool] = Field(
         default_factory=dict, description="constructor arguments of the architecture (e.g. hidden = 64)")
     disclose_architecture: bool = Field(
@@ -240,19 +241,16 @@ def _check_against_policy(config: AgentConfig) -> None:
 
 
 def _check_model(config: AgentConfig) -> None:
-    import inspect
+    from client_agent.errors import RewardModelError
+    from client_agent.rewards.registry import model_param_problems
 
-    from client_agent.rewards.registry import ARCHITECTURES
-
-    cls = ARCHITECTURES.get(config.model.arch)
-    if cls is None:
-        raise AgentConfigError(f"{config._where('model', 'arch')}: unknown architecture {config.model.arch!r}; "
-                               f"known: {', '.join(sorted(ARCHITECTURES))}")
-    accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    for key in config.model.params:
-        if key not in accepted:
-            raise AgentConfigError(f"{config._where('model', 'params.' + key)}: not a parameter of "
-                                   f"{config.model.arch} (accepted: {', '.join(sorted(accepted))})")
+    try:
+        problems = model_param_problems(config.model.arch, dict(config.model.params))
+    except RewardModelError as exc:  # an entry point that cannot be imported
+        problems = [f"arch: {exc}"]
+    if problems:
+        key, _, reason = problems[0].partition(": ")
+        raise AgentConfigError(f"{config._where('model', key)}: {reason}")
 
 
 def parse_agent_config(raw: dict[str, Any], source: Path, *, check_policy: bool = True) -> AgentConfig:

@@ -27,7 +27,8 @@ from client_agent.dp import PrivacyBudget, PrivateTrainingResult, train_private
 from client_agent.errors import PrivacyReportError
 from client_agent.privacy_report import PrivacyReport, SignedPrivacyReport
 from client_agent.rewards.base import RewardModel
-from client_agent.rewards.registry import ARCHITECTURES, load_reward_model
+from client_agent.rewards.registry import build_reward_model as build_from_registry
+from client_agent.rewards.registry import load_reward_model
 from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError
 from crypto.signing import SigningKey
@@ -36,11 +37,8 @@ UNDISCLOSED = "undisclosed"
 
 
 def build_reward_model(config: AgentConfig) -> RewardModel:
-    """A fresh, untrained model of the configured architecture."""
-    cls = ARCHITECTURES[config.model.arch]
-    if config.model.arch == "lora-minilm":  # its __init__ takes a loaded encoder: build from the bundled one
-        return cls.from_pretrained(**config.model.params)  # type: ignore[attr-defined, no-any-return]
-    return cls(**config.model.params)
+    """A fresh, untrained model of the configured architecture (built-in, HF checkpoint or entry point)."""
+    return build_from_registry(config.model.arch, dict(config.model.params))
 
 
 def train_reward_model(config: AgentConfig, *, identity: str, signing_key: SigningKey, progress: bool = True,
@@ -104,7 +102,7 @@ def load_trained(config: AgentConfig, signing_key: SigningKey, *, identity: str
                  ) -> tuple[RewardModel, SignedPrivacyReport]:
     """The trained model and its report; refuses a pair that does not belong together."""
     signed = load_report(config, signing_key, identity=identity)
-    model = load_reward_model(config.model_dir)
+    model = load_reward_model(config.model_dir, entry_point=config.model.arch if ":" in config.model.arch else None)
     if model.model_digest() != signed.report.model_digest:
         raise PrivacyReportError(f"{config.privacy_report_path}: report is for model {signed.report.model_digest[:16]}…"
                                  f" but {config.model_dir} holds {model.model_digest()[:16]}… (retrain)")

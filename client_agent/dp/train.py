@@ -41,6 +41,7 @@ from client_agent.errors import (
     TrainingIntegrityError,
 )
 from client_agent.rewards.base import BradleyTerryLoss, RewardModel
+from client_agent.rewards.opacus_check import check_privatizable
 from corpus.types import PreferencePair
 
 ACCOUNTANTS = ("prv", "rdp")
@@ -159,6 +160,7 @@ def train_private(
             "the independent epsilon check needs the 'prv-accountant' package (pip install prv-accountant)"
         )
     _check_optimizer(model, optimizer)
+    check_privatizable(model)  # names the layer Opacus cannot handle, before any work is done
     guard = ParameterGuard(model, model.trainable_parameter_names())
 
     started = time.monotonic()

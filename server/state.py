@@ -111,6 +111,14 @@ router_weights = Table(
     Column("updated_at", Float, nullable=False),
 )
 
+datasets = Table(  # what the policy is aligned on: one row per role (prompts, calibration, router_pairs)
+    "datasets",
+    metadata,
+    Column("role", String(40), primary_key=True),
+    Column("summary", Text, nullable=False),
+    Column("loaded_at", Float, nullable=False),
+)
+
 ROUND_STATUSES = ("open", "fused", "collected", "skipped")
 
 
@@ -273,6 +281,18 @@ class StateStore:
         if row is None:
             return None
         return {**dict(row), "by_domain": json.loads(row["by_domain"]), "overall": json.loads(row["overall"])}
+
+    # -- datasets ---------------------------------------------------------------------------
+    def set_dataset(self, role: str, summary: Mapping[str, Any], *, now: float) -> None:
+        """Record (or replace) the dataset serving ``role``: its source, count, SHA-256 and domains."""
+        with self._tx() as conn:
+            conn.execute(datasets.delete().where(datasets.c.role == role))
+            conn.execute(insert(datasets).values(role=role, summary=json.dumps(dict(summary)), loaded_at=now))
+
+    def list_datasets(self) -> list[dict[str, Any]]:
+        with self._tx() as conn:
+            rows = conn.execute(select(datasets).order_by(datasets.c.role)).mappings().all()
+        return [{"role": r["role"], "loaded_at": r["loaded_at"], **json.loads(r["summary"])} for r in rows]
 
     # -- submissions ------------------------------------------------------------------------
     def record_submission(

@@ -31,11 +31,25 @@ class RouterWeightsView(BaseModel):
     by_domain: dict[str, dict[str, float]]
 
 
+class DatasetView(BaseModel):
+    """A server-held set the policy is aligned on (``data.loaded`` in the audit log says the same)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: str
+    source: str
+    count: int
+    sha256: str
+    domains: dict[str, int]
+    loaded_at: float
+
+
 class StatusSnapshot(ServerStatus):
     """``ServerStatus`` (``router_weights``: mean over all prompts) plus the fields above."""
 
     rounds_collected: int
     router: RouterWeightsView | None
+    datasets: list[DatasetView] = []
 
 
 _STYLE = """
@@ -55,6 +69,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _data_section(status: StatusSnapshot) -> str:
+    if not status.datasets:
+        return "<p>no training run has loaded its data yet</p>"
+    rows = [[escape(d.role), escape(d.source), str(d.count), f"<code>{escape(d.sha256)}</code>",
+             escape(", ".join(f"{name}: {n}" for name, n in sorted(d.domains.items()))), escape(_when(d.loaded_at))]
+            for d in status.datasets]
+    return _table(["role", "source", "items", "sha256", "domains", "loaded"], rows)
 
 
 def _router_section(status: StatusSnapshot) -> str:
@@ -94,5 +117,6 @@ def render_status_page(status: StatusSnapshot) -> str:
         f"<h2>Agents ({len(status.agents)})</h2>"
         + _table(["agent", "architecture", "ε / budget", "δ", "state", "last seen", "submissions"], agents)
         + "<h2>Router weights</h2>" + _router_section(status)
+        + "<h2>Data the policy is aligned on</h2>" + _data_section(status)
         + "</body></html>"
     )

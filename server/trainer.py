@@ -10,7 +10,7 @@ alignment run"):
    only if the policy sets ``privacy.public_rounds_per_agent``; otherwise only calibrations the
    agents reported themselves (``POST /v1/calibration``) can be used; enrolment sends no
    batch, so without such reports agents stay on their own scale (noted in the report);
-3. router round (kind ``router``) on ``build_public_pairs``: every agent scores chosen and
+3. router round (kind ``router``) on the public router pairs: every agent scores chosen and
    rejected; the :class:`~server.router.LearnedRouter` is fitted by Bradley–Terry likelihood
    and ``router.updated`` audited with its digest. Under ``fused-only`` the same, through the
    key holder, when the policy opts in; without it a router fitted earlier is loaded from
@@ -41,7 +41,7 @@ import torch
 from pydantic import Field
 from tqdm import tqdm
 
-from corpus.types import Prompt
+from corpus.types import PreferencePair, Prompt
 from server.config import FrozenConfig, load_toml_model
 from server.errors import ShutdownRequested, TrainingError
 from server.grpo import GRPOResult, GRPORunConfig, StopCheck, run_grpo
@@ -49,6 +49,14 @@ from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibr
 from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
 from server.services import Services
 from server.state import StateStore
+from server.training_data import (
+    DataSection,
+    LoadedSet,
+    load_calibration,
+    load_prompts,
+    load_router_pairs,
+    record_loaded,
+)
 from wire.calibration import IDENTITY, Calibration, CalibrationError
 
 log = logging.getLogger(__name__)
@@ -66,9 +74,11 @@ class TrainingSection(FrozenConfig):
     fixed_weights: dict[str, float] | None = Field(default=None, description="router = fixed: agent -> weight")
     router_path: Path | None = Field(default=None, description="fused-only: a router fitted earlier (safetensors)")
     router_digest: str | None = Field(default=None, description="refuse router_path unless it has this digest")
-    n_calibration: int = Field(default=48, ge=2, description="public calibration items")
-    n_public_pairs: int = Field(default=120, ge=4, description="public labelled pairs for the router fit")
-    n_prompts: int = Field(default=32, ge=1, description="GRPO training prompts")
+    n_calibration: int = Field(default=48, ge=2, description="built-in corpus: public calibration items")
+    n_public_pairs: int = Field(default=120, ge=4, description="built-in corpus: public pairs for the router fit")
+    n_prompts: int = Field(default=32, ge=1, description="built-in corpus: GRPO training prompts")
+    data: DataSection = Field(default_factory=DataSection,
+                              description="the file's [data] table: datasets instead of the built-in corpus")
     seed: int = 0
     group_size: int = Field(default=4, ge=2)
     per_device_batch: int = Field(default=4, ge=2)
@@ -89,12 +99,14 @@ class TrainingSection(FrozenConfig):
 
 class TrainingFile(FrozenConfig):
     training: TrainingSection
+    data: DataSection = Field(default_factory=DataSection)
     source: Path | None = None
 
 
 def load_training_config(path: str | Path) -> TrainingSection:
     """Load ``training.toml`` (one precise ConfigError naming file and key on any problem)."""
-    return load_toml_model(path, TrainingFile).training
+    loaded = load_toml_model(path, TrainingFile)
+    return loaded.training.model_copy(update={"data": loaded.data})
 
 
 @dataclass
@@ -125,12 +137,13 @@ def wait_for_agents(services: Services, quorum: int, timeout_s: float,
             sleep(1.0)
 
 
-def calibrate(coordinator: RoundCoordinator, services: Services, config: TrainingSection) -> dict[str, Calibration]:
+def calibrate(coordinator: RoundCoordinator, services: Services, config: TrainingSection, *,
+              data: tuple[list[tuple[Prompt, str]], LoadedSet] | None = None) -> dict[str, Calibration]:
     """Stage 2: measured calibration (tls-only/ckks) or the agents' self-reports (fused-only)."""
-    from corpus import build_calibration_set
-
     if coordinator.privacy.collects_public_rounds:
-        batch = build_calibration_set(config.n_calibration, seed=config.seed)
+        batch, loaded = data or load_calibration(config.data, n=config.n_calibration, seed=config.seed)
+        record_loaded(loaded, audit=services.audit, state=services.state, actor=coordinator.actor,
+                      now=services.clock())
         result = coordinator.run_round("calibrate", [p for p, _ in batch], [(i, r) for i, (_, r) in enumerate(batch)])
         for agent, values in (result.vectors or {}).items():
             try:
@@ -151,11 +164,13 @@ def calibrate(coordinator: RoundCoordinator, services: Services, config: Trainin
 
 
 def fit_router_on_public_pairs(coordinator: RoundCoordinator, calibrations: dict[str, Calibration],
-                               config: TrainingSection) -> tuple[LearnedRouter, dict[str, Any]]:
+                               config: TrainingSection, *,
+                               data: tuple[list[PreferencePair], LoadedSet] | None = None
+                               ) -> tuple[LearnedRouter, dict[str, Any]]:
     """Stage 3: collect every agent's scores on public pairs and fit the learned router."""
-    from corpus import build_public_pairs
-
-    pairs = build_public_pairs(config.n_public_pairs, seed=config.seed)
+    pairs, loaded = data or load_router_pairs(config.data, n=config.n_public_pairs, seed=config.seed)
+    record_loaded(loaded, audit=coordinator.audit, state=coordinator.state, actor=coordinator.actor,
+                  now=coordinator.clock())
     prompts = list({p.prompt.prompt_id: p.prompt for p in pairs}.values())
     index = {p.prompt_id: i for i, p in enumerate(prompts)}
     items = [item for p in pairs for item in ((index[p.prompt.prompt_id], p.chosen),
@@ -167,13 +182,13 @@ def fit_router_on_public_pairs(coordinator: RoundCoordinator, calibrations: dict
     z = torch.stack([calibrations.get(a, IDENTITY).zscore(torch.tensor(result.vectors[a], dtype=torch.float64))
                      for a in agents]).T.to(torch.float32)  # [2N, A]
     features = coordinator.prompt_features([p.prompt for p in pairs])
-    data = RouterTrainingSet(
+    training_set = RouterTrainingSet(
         agents=tuple(agents), features=features, chosen=z[0::2], rejected=z[1::2],
         mask=torch.ones(len(pairs), len(agents), dtype=torch.bool),
         domains=tuple(p.prompt.domain for p in pairs), groups=tuple(p.prompt.prompt_id for p in pairs),
     )
     router = LearnedRouter(agents, feature_dim=int(features.shape[1]), seed=config.seed)
-    report = router.fit(data, RouterFitConfig(seed=config.seed, show_progress=coordinator.show_progress))
+    report = router.fit(training_set, RouterFitConfig(seed=config.seed, show_progress=coordinator.show_progress))
     return router, report.to_dict()
 
 
@@ -217,12 +232,14 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
                  sleep: Callable[[float], None] = time.sleep, stop: StopCheck = lambda: None,
                  show_progress: bool = True) -> TrainingReport:
     """The whole server-side run (see the module docstring); returns what it did and where it wrote it."""
-    from corpus import build_prompts
-
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     audit, actor = services.audit, "server"
     wait = _interruptible(sleep, stop)
+    # -- 0. data: a broken dataset is refused before any member is asked for anything -------------
+    prompts, prompts_loaded = load_prompts(config.data, n=config.n_prompts, seed=config.seed)
+    calibration_data = load_calibration(config.data, n=config.n_calibration, seed=config.seed)
+    router_data = load_router_pairs(config.data, n=config.n_public_pairs, seed=config.seed)
     # -- 1. agents --------------------------------------------------------------------------------
     wait(0.0)
     agents = wait_for_agents(services, config.quorum, config.enrol_timeout_s, wait)
@@ -236,7 +253,7 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
                                              "config": json.loads(config.model_dump_json())})
     report = TrainingReport(agents=agents, calibration={}, router_digest="", router_fit=None)
     # -- 2. calibration ---------------------------------------------------------------------------
-    calibrations = calibrate(coordinator, services, config)
+    calibrations = calibrate(coordinator, services, config, data=calibration_data)
     report.calibration = {a: {"mean": c.mean, "std": c.std} for a, c in calibrations.items()}
     missing = sorted(set(agents) - set(calibrations))
     if missing:
@@ -244,7 +261,7 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
     # -- 3. router --------------------------------------------------------------------------------
     router = coordinator.router
     if config.router == "learned" and coordinator.privacy.collects_public_rounds:
-        learned, report.router_fit = fit_router_on_public_pairs(coordinator, calibrations, config)
+        learned, report.router_fit = fit_router_on_public_pairs(coordinator, calibrations, config, data=router_data)
         learned.save(out / "router.safetensors", overwrite=True)
         audit.record(actor, "router.updated", {"digest": learned.digest(), "kind": "learned",
                                                "file": str(out / "router.safetensors"), "fit": report.router_fit})
@@ -263,7 +280,7 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
         audit.record(actor, "router.unchanged", {"digest": router.digest(), "kind": router.kind, "reason": reason})
     coordinator.set_router(router)
     report.router_digest = router.digest()
-    prompts = build_prompts(config.n_prompts, split="train", seed=config.seed)
+    record_loaded(prompts_loaded, audit=audit, state=services.state, actor=actor, now=services.clock())
     inputs = coordinator.prompt_features(prompts) if router.kind == "learned" else torch.zeros(len(prompts), 1)
     publish_router_weights(services.state, router, inputs, [p.domain for p in prompts], now=services.clock(),
                            basis=f"mean over the {len(prompts)} GRPO training prompts")

@@ -12,6 +12,11 @@ function returns, and report. Why these choices:
   last checkpoint instead of repeating (and re-paying clients for) finished rounds. The
   learning rate is constant, because a decaying schedule restored from a checkpoint of a
   shorter run is already at 0 when the run is extended.
+- Checkpoint, dtype, device, attention implementation and LoRA targets are checked by
+  :func:`server.vlm.families.check_trainable` before TRL is constructed, so a family or setting
+  that cannot work fails at load time with a clear error, not in the middle of training.
+  ``dtype`` is the weights' dtype and picks the mixed precision to match (bf16 / fp16 autocast,
+  none for float32); LoRA targets default to the language model's attention, per family.
 - A clean stop (``stop`` returns a reason, e.g. after SIGTERM) is honoured at a step
   boundary by a TrainerCallback: the step in flight finishes (its federated round was paid
   for), a checkpoint is saved whatever ``save_steps`` says, and the result says where and why.
@@ -44,12 +49,13 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from corpus.types import Prompt
 from server.errors import GRPOConfigError, RewardError
+from server.vlm.families import LANGUAGE_MODEL_ATTENTION, DType, check_trainable
 from server.vlm.load import load_processor
 
 RewardFn = Callable[..., Sequence[float | None]]
 StepLogger = Callable[[dict[str, Any]], None]
 StopCheck = Callable[[], str | None]  # the reason a stop was requested, or None
-LANGUAGE_MODEL_ATTENTION = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+__all__ = ["LANGUAGE_MODEL_ATTENTION", "GRPOResult", "GRPORunConfig", "run_grpo"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +69,16 @@ class GRPORunConfig:
     beta: float = 0.04
     lora_r: int = 8
     lora_alpha: int = 16
-    lora_targets: str | tuple[str, ...] = LANGUAGE_MODEL_ATTENTION
+    lora_targets: str | tuple[str, ...] | None = None  # None: the language model's attention, detected per family
     use_lora: bool = True
     max_completion_length: int = 32
     per_device_batch: int = 4
     temperature: float = 1.0
     seed: int = 0
     save_steps: int = 1
+    dtype: DType = "float32"
+    device: str = "auto"  # auto | cpu | cuda
+    attn_implementation: str | None = None  # None: transformers' default for the family
 
     def __post_init__(self) -> None:
         if not (self.beta > 0 and math.isfinite(self.beta)):
@@ -181,7 +190,14 @@ def run_grpo(
 
     if not prompts:
         raise GRPOConfigError("prompts: at least one prompt is required")
-    on_gpu = torch.cuda.is_available()
+    wanted = config.lora_targets if config.lora_targets is None or isinstance(config.lora_targets, str) \
+        else list(config.lora_targets)
+    plan = check_trainable(Path(model_path), dtype=config.dtype, device=config.device, use_lora=config.use_lora,
+                           attn_implementation=config.attn_implementation, lora_targets=wanted)
+    on_gpu = plan.device == "cuda"
+    init_kwargs: dict[str, Any] = {"dtype": config.dtype}
+    if config.attn_implementation is not None:
+        init_kwargs["attn_implementation"] = config.attn_implementation
     args = GRPOConfig(
         output_dir=str(config.output_dir),
         num_generations=config.group_size,
@@ -197,7 +213,9 @@ def run_grpo(
         save_steps=config.save_steps,
         logging_steps=1,
         use_cpu=not on_gpu,
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        bf16=config.dtype == "bfloat16",
+        fp16=config.dtype == "float16",
+        model_init_kwargs=init_kwargs,
         gradient_checkpointing=False,
         report_to=[],
         remove_unused_columns=False,
@@ -205,9 +223,8 @@ def run_grpo(
     )
     peft_config = None
     if config.use_lora:
-        targets = config.lora_targets if isinstance(config.lora_targets, str) else list(config.lora_targets)
         peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=targets, lora_dropout=0.0
+            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=plan.lora_targets, lora_dropout=0.0
         )
     torch.manual_seed(config.seed)  # LoRA init is then the same on every (re)start: the delta is vs. the true start
     steps: list[dict[str, Any]] = []

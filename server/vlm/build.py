@@ -6,9 +6,7 @@ small VLM ships in a PyPI package. We assemble a LLaVA (tiny CLIP vision tower +
 with ``save_pretrained`` so every later step goes through the same code path as a real
 checkpoint (``AutoProcessor`` / ``AutoModelForImageTextToText`` from a local path).
 
-A tiny Qwen2-VL builder exists so the "any HF VLM from a local path" promise is tested on a
-second architecture family, with its two traps handled: ``mrope_section`` must sum to
-``head_dim / 2`` and the vision ``hidden_size`` must equal the text hidden size.
+Tiny instances of other families (Qwen2-VL, Qwen2.5-VL, Idefics3) are in :mod:`server.vlm.tiny`.
 """
 
 from __future__ import annotations
@@ -26,20 +24,12 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaProcessor,
     Qwen2Config,
-    Qwen2VLConfig,
-    Qwen2VLForConditionalGeneration,
-    Qwen2VLImageProcessorPil,
 )
 
 from server.errors import VLMBuildError
-from server.vlm.processors import Qwen2VLImageOnlyProcessor
 from server.vlm.tokenizer import (
     IM_END,
     LLAVA_IMAGE,
-    QWEN_IMAGE,
-    QWEN_VIDEO,
-    QWEN_VISION_END,
-    QWEN_VISION_START,
     packaged_texts,
     token_id,
     train_tokenizer,
@@ -136,59 +126,6 @@ def build_small_vlm(
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         chat_template=tokenizer.chat_template,
-    )
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    return out_dir
-
-
-def build_tiny_qwen2_vl(out_dir: Path, *, seed: int = 0, texts: Iterable[str] | None = None) -> Path:
-    """Build a tiny Qwen2-VL checkpoint (16 image tokens for 64x64) into ``out_dir``."""
-    out_dir = _prepare_dir(out_dir)
-    tokenizer = train_tokenizer(texts if texts is not None else packaged_texts(), style="qwen2_vl", vocab_size=1024)
-    hidden, heads = 64, 4
-    head_dim = hidden // heads  # mrope_section must sum to head_dim / 2
-    text = {
-        "vocab_size": len(tokenizer),
-        "hidden_size": hidden,
-        "intermediate_size": hidden * 3,
-        "num_hidden_layers": 2,
-        "num_attention_heads": heads,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 1024,
-        "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": token_id(tokenizer, IM_END),
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    if sum(text["rope_parameters"]["mrope_section"]) * 2 != head_dim:  # type: ignore[index]
-        raise VLMBuildError("mrope_section must sum to head_dim / 2")
-    vision = {
-        "depth": 2,
-        "embed_dim": 32,
-        "hidden_size": hidden,  # must equal the text hidden size
-        "num_heads": 2,
-        "patch_size": 8,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-    }
-    config = Qwen2VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=token_id(tokenizer, QWEN_IMAGE),
-        video_token_id=token_id(tokenizer, QWEN_VIDEO),
-        vision_start_token_id=token_id(tokenizer, QWEN_VISION_START),
-        vision_end_token_id=token_id(tokenizer, QWEN_VISION_END),
-    )
-    torch.manual_seed(seed)
-    model = Qwen2VLForConditionalGeneration(config)
-    _set_generation_ids(model, tokenizer)
-    pixels = IMAGE_SIZE * IMAGE_SIZE
-    image_processor = Qwen2VLImageProcessorPil(
-        patch_size=8, merge_size=2, temporal_patch_size=2, size={"shortest_edge": pixels, "longest_edge": pixels}
-    )
-    processor = Qwen2VLImageOnlyProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=tokenizer.chat_template
     )
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)

@@ -9,7 +9,6 @@ answer with the image-only subclass instead of failing later with a confusing er
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,13 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, ProcessorMixin
 
 from server.errors import VLMLoadError
-from server.vlm.processors import Qwen2VLImageOnlyProcessor
+from server.vlm.families import read_model_type
+from server.vlm.processors import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
 
-_IMAGE_ONLY_FALLBACK: dict[str, type[ProcessorMixin]] = {"qwen2_vl": Qwen2VLImageOnlyProcessor}
+_IMAGE_ONLY_FALLBACK: dict[str, type[ProcessorMixin]] = {
+    "qwen2_vl": Qwen2VLImageOnlyProcessor,
+    "qwen2_5_vl": Qwen2_5_VLImageOnlyProcessor,
+}
 
 
 @dataclass(frozen=True)
@@ -37,24 +40,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _model_type(path: Path) -> str:
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise VLMLoadError(f"{path}: not a model checkpoint (no config.json)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise VLMLoadError(f"{config_file}: unreadable: {exc}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if not isinstance(model_type, str):
-        raise VLMLoadError(f"{config_file}: key 'model_type' missing or not a string")
-    return model_type
-
-
 def load_processor(path: Path) -> Any:
     """The checkpoint's processor, with left padding for batched generation."""
     path = Path(path)
-    model_type = _model_type(path)
+    model_type = read_model_type(path)
     try:
         processor = AutoProcessor.from_pretrained(path)
         if not hasattr(processor, "image_processor") and model_type in _IMAGE_ONLY_FALLBACK:
@@ -69,16 +58,21 @@ def load_processor(path: Path) -> Any:
     return processor
 
 
-def load_vlm(path: Path, *, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedVLM:
-    """Load model (eval mode, on ``device``) and processor from a local checkpoint directory."""
+def load_vlm(path: Path, *, device: str | None = None, dtype: torch.dtype | None = None,
+             attn_implementation: str | None = None) -> LoadedVLM:
+    """Load model (eval mode, on ``device``) and processor from a local checkpoint directory.
+
+    ``attn_implementation`` (``eager``, ``sdpa``, ``flash_attention_2``...) defaults to transformers' choice.
+    """
     path = Path(path)
     if not path.is_dir():
         raise VLMLoadError(f"{path}: no such checkpoint directory")
-    model_type = _model_type(path)
+    model_type = read_model_type(path)
     processor = load_processor(path)
     try:
-        model: Any = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
-    except (OSError, ValueError, KeyError) as exc:
+        extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+        model: Any = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32, **extra)
+    except (OSError, ValueError, KeyError, ImportError) as exc:
         raise VLMLoadError(f"{path}: cannot load model_type {model_type!r} as an image-text model: {exc}") from None
     model.to(device or default_device())
     model.eval()

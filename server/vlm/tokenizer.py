@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from server.errors import VLMBuildError
 
-TemplateStyle = Literal["llava", "qwen2_vl"]
+TemplateStyle = Literal["llava", "qwen2_vl", "idefics3"]
 
 BOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -34,15 +34,21 @@ QWEN_VISION_START = "<|vision_start|>"
 QWEN_VISION_END = "<|vision_end|>"
 QWEN_IMAGE = "<|image_pad|>"
 QWEN_VIDEO = "<|video_pad|>"
+IDEFICS_IMAGE = "<image>"
+IDEFICS_FAKE = "<fake_token_around_image>"
+IDEFICS_GLOBAL = "<global-img>"
+IDEFICS_END = "<end_of_utterance>"
 
 _IMAGE_MARKUP: dict[str, str] = {
     "llava": LLAVA_IMAGE,
     "qwen2_vl": QWEN_VISION_START + QWEN_IMAGE + QWEN_VISION_END,
+    "idefics3": IDEFICS_IMAGE,
 }
 
 _STYLE_SPECIALS: dict[str, list[str]] = {
     "llava": [LLAVA_IMAGE],
     "qwen2_vl": [QWEN_VISION_START, QWEN_VISION_END, QWEN_IMAGE, QWEN_VIDEO],
+    "idefics3": [IDEFICS_FAKE, IDEFICS_IMAGE, IDEFICS_GLOBAL, IDEFICS_END],
 }
 
 
@@ -86,7 +92,7 @@ def train_tokenizer(
         show_progress=False,
     )
     core.train_from_iterator(texts, trainer=trainer)
-    extra: dict[str, str] = {"image_token": LLAVA_IMAGE} if style == "llava" else {}
+    extra: dict[str, str] = {"image_token": LLAVA_IMAGE} if style in ("llava", "idefics3") else {}
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         bos_token=BOS,

@@ -19,14 +19,12 @@ then killed, the key holder gets SIGTERM then SIGKILL.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 from sim.harness import (
-    OFFLINE_ENV,
     ConsortiumPKI,
     InProcessServer,
     ManagedProcess,
@@ -34,6 +32,8 @@ from sim.harness import (
     keyholder_config,
     server_config,
     start_keyholder,
+    start_process,
+    write_toml,
 )
 
 CONSORTIUM = "bench"
@@ -42,38 +42,14 @@ Mode = Literal["ckks", "tls-only", "fused-only"]
 
 def write_policy(path: Path, mode: Mode) -> Path:
     """A bench policy: every certified member admitted, rate limits far above the load we generate."""
-    pilot = "true" if mode == "tls-only" else "false"  # tls-only is an insecure mode: pilots only
-    path.write_text(f"""consortium = "{CONSORTIUM}"
-pilot = {pilot}
-
-[admission]
-allow_all_certified = true
-
-[privacy]
-mode = "{mode}"
-max_epsilon = 10.0
-max_delta = 1e-5
-
-[rounds]
-quorum = 2
-deadline_s = 120
-group_size = 4
-prompts_per_round = 4
-
-[scores]
-min = -100.0
-max = 100.0
-out_of_range = "refuse"
-max_vector_length = 4096
-
-[audit]
-retention_days = 1
-
-[limits]
-max_body_bytes = 8000000
-requests_per_minute = 600000
-""", "utf-8")
-    return path
+    return write_toml(path, {
+        "admission": {"allow_all_certified": True},
+        "privacy": {"mode": mode, "max_epsilon": 10.0, "max_delta": 1e-5},
+        "rounds": {"quorum": 2, "deadline_s": 120, "group_size": 4, "prompts_per_round": 4},
+        "scores": {"min": -100.0, "max": 100.0, "out_of_range": "refuse", "max_vector_length": 4096},
+        "audit": {"retention_days": 1},
+        "limits": {"max_body_bytes": 8_000_000, "requests_per_minute": 600_000},
+    }, top={"consortium": CONSORTIUM, "pilot": mode == "tls-only"})  # tls-only is an insecure mode: pilots only
 
 
 def bench_pki(directory: Path, n_agents: int, *, keyholder: bool = False) -> ConsortiumPKI:
@@ -135,15 +111,11 @@ class AgentProcess:
                  module: str = "sim.bench.synth_agent", extra_args: tuple[str, ...] = ()) -> None:
         party = pki.party(name)
         self.name, self.identity = name, party.identity
-        self.log = log_dir / f"{name}.log"
-        log_dir.mkdir(parents=True, exist_ok=True)
         url = ("--url", server_url) if server_url is not None else ()
-        with self.log.open("ab") as sink:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", module, *url, "--cert", str(party.cert), "--key", str(party.key),
-                 "--ca", str(pki.ca_cert), "--identity", self.identity, *extra_args],
-                env={**os.environ, **OFFLINE_ENV}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=sink,
-            )
+        self.process = start_process(name, [sys.executable, "-m", module, *url, "--cert", str(party.cert), "--key",
+                                            str(party.key), "--ca", str(pki.ca_cert), "--identity", self.identity,
+                                            *extra_args], log=log_dir / f"{name}.log", piped=True)
+        self.proc, self.log = self.process.proc, self.process.log
 
     def send(self, command: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
@@ -155,18 +127,17 @@ class AgentProcess:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"agent {self.name} exited ({self.proc.poll()}): "
-                               f"{self.log.read_text('utf-8', errors='replace')[-1500:]}")
+            raise self.process.failure("exited")
         return dict(json.loads(line))
 
     def close(self) -> None:
-        if self.proc.poll() is None:
+        """Ask it to quit; kill it if it has not within 10 s."""
+        if self.process.alive():
             try:
                 self.send({"cmd": "quit"})
                 self.proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+                self.process.kill()
 
 
 def start_agents(pki: ConsortiumPKI, server_url: str, names: list[str], log_dir: Path) -> list[AgentProcess]:

@@ -153,13 +153,18 @@ class ManagedProcess:
 
 
 def start_process(name: str, argv: Sequence[str], *, log: Path, env: Mapping[str, str] | None = None,
-                  cwd: Path | None = None, port: int | None = None) -> ManagedProcess:
-    """Start ``argv`` with stdout and stderr appended to ``log`` (offline environment variables set)."""
+                  cwd: Path | None = None, port: int | None = None, piped: bool = False) -> ManagedProcess:
+    """Start ``argv`` with stdout and stderr appended to ``log`` (offline environment variables set).
+
+    ``piped``: stdin and stdout are pipes to this process (a child driven by commands, like the
+    bench's agents); only stderr goes to ``log``.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
     with log.open("ab") as sink:
-        proc = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=sink, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(list(argv), cwd=cwd, env=full_env, stdout=subprocess.PIPE if piped else sink,
+                                stderr=sink if piped else subprocess.STDOUT,
+                                stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
     return ManagedProcess(name=name, proc=proc, log=log, argv=list(argv), port=port)
 
 

@@ -48,7 +48,8 @@ class AgentSection(_Section):
     signing_key: Path | None = Field(
         default=None, description="Ed25519 key (envelopes, report, audit); default state_dir/signing-key.pem")
     insecure_pilot: bool = Field(
-        default=False, description="INSECURE: DP noise without a cryptographic RNG (pilot policies only)")
+        default=False, description="INSECURE: DP noise and sampling from a seedable PRNG, for reproducible "
+                                 "experiments (pilot policies only)")
 
     @field_validator("server_url")
     @classmethod
@@ -263,7 +264,7 @@ def parse_agent_config(raw: dict[str, Any], source: Path, *, check_policy: bool 
     if check_policy:
         _check_against_policy(config)
     if config.agent.insecure_pilot:
-        warnings.warn(f"{source}: INSECURE PILOT AGENT — DP noise without a cryptographic RNG; recorded in the "
+        warnings.warn(f"{source}: INSECURE PILOT AGENT — DP noise from a seedable PRNG, not a CSPRNG; recorded in the "
                       "privacy report and the agent's audit log", InsecureAgentWarning, stacklevel=2)
     return config
 

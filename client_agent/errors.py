@@ -11,7 +11,7 @@ One tree, so the agent loop (and the ``mor client`` command) can catch exactly w
      ├── PrivacyError              differentially private training refused or unsound
      │    ├── BudgetExceeded        the requested (ε, δ) exceeds the policy's maximum
      │    ├── InvalidPrivacyParametersError  δ ≥ 1/N, non-positive ε, batch size > N, empty data...
-     │    ├── SecureModeUnavailableError secure_mode needs torchcsprng and it is not installed
+     │    ├── LifetimeBudgetExceededError a training or enrolment would pass the policy's lifetime ε
      │    └── TrainingIntegrityError a trainable parameter did not move or became non-finite
      │                              during DP training (Opacus + PEFT issue #820 class), or
      │                              the recomputed ε disagrees with the reported one
@@ -59,8 +59,8 @@ class InvalidPrivacyParametersError(PrivacyError):
     """DP parameters that are unsound (δ ≥ 1/N) or inconsistent with the data."""
 
 
-class SecureModeUnavailableError(PrivacyError):
-    """``secure_mode`` was asked for but its cryptographically secure RNG is missing."""
+class LifetimeBudgetExceededError(PrivacyError):
+    """All DP trainings of this member together would pass the policy's ``lifetime_epsilon``."""
 
 
 class TrainingIntegrityError(PrivacyError):

@@ -45,6 +45,7 @@ class PrivacyReport(BaseModel):
     clipping: str
     secure_mode: bool
     insecure_pilot: bool
+    noise_source: str = Field(min_length=1)  # where DP noise and sampling came from (CSPRNG or pilot PRNG)
     model_arch: str
     model_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: str
@@ -68,7 +69,7 @@ class PrivacyReport(BaseModel):
             noise_multiplier=result.noise_multiplier, sample_rate=result.sample_rate, steps=result.steps,
             epochs=result.epochs, dataset_size=result.dataset_size, max_grad_norm=result.max_grad_norm,
             clipping=result.clipping, secure_mode=result.secure_mode, insecure_pilot=result.insecure_pilot,
-            model_arch=result.arch, model_digest=model_digest, created_at=when,
+            noise_source=result.noise_source, model_arch=result.arch, model_digest=model_digest, created_at=when,
         )
 
     def signing_bytes(self) -> bytes:

@@ -101,10 +101,12 @@ def _train(args: argparse.Namespace) -> int:
                      digests={"model_digest": report.model_digest},
                      details={"epsilon": report.epsilon, "delta": report.delta, "steps": report.steps,
                               "dataset_size": report.dataset_size, "insecure_pilot": report.insecure_pilot,
+                              "noise_source": report.noise_source,
                               "epsilon_independent": result.epsilon_independent})
     print(f"trained {model.arch} on {report.dataset_size} pairs: epsilon={report.epsilon:.4f} (independent check "
           f"{result.epsilon_independent:.4f}), delta={report.delta:g}, noise={report.noise_multiplier:.3f}, "
-          f"steps={report.steps}; model {config.model_dir}, report {config.privacy_report_path}")
+          f"steps={report.steps}, noise source: {report.noise_source}; model {config.model_dir}, "
+          f"report {config.privacy_report_path}")
     return 0
 
 

@@ -22,6 +22,7 @@ def _result(epsilon: float = 7.98, steps: int = 60) -> PrivateTrainingResult:
         noise_multiplier=1.76, sample_rate=1 / 3, steps=steps, epochs=20, dataset_size=600, expected_batch_size=200,
         max_grad_norm=1.0, clipping="ghost", secure_mode=False, insecure_pilot=True,
         history=((1.76, 1 / 3, steps),), epoch_losses=(0.69, 0.5), empty_batches=0, seconds=6.0,
+        noise_source="INSECURE seeded torch PRNG (pilot only)",
     )
 
 
@@ -34,7 +35,8 @@ def test_report_carries_every_field_the_auditor_needs():
     assert report.created_at == "2026-11-24T12:00:00+00:00"
     dumped = report.model_dump()
     for key in ("agent_id", "epsilon", "delta", "accountant", "noise_multiplier", "sample_rate", "steps", "epochs",
-                "dataset_size", "max_grad_norm", "clipping", "secure_mode", "insecure_pilot", "model_arch",
+                "dataset_size", "max_grad_norm", "clipping", "secure_mode", "insecure_pilot", "noise_source",
+                "model_arch",
                 "model_digest", "created_at"):
         assert key in dumped
     assert dumped["insecure_pilot"] is True and dumped["model_arch"] == "frozen-mlp"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from client_agent.dp.accounting import check_epsilon
 from client_agent.errors import (
     BudgetExceeded,
     InvalidPrivacyParametersError,
-    SecureModeUnavailableError,
     TrainingIntegrityError,
 )
 from client_agent.rewards import FrozenMLPReward, LoraMiniLMReward, TinyVLTReward, pair_accuracy
@@ -139,12 +137,6 @@ def test_budget_over_policy_maximum_is_refused():
 def test_privacy_budget_validates_itself(eps, delta):
     with pytest.raises(InvalidPrivacyParametersError, match="PrivacyBudget"):
         PrivacyBudget(eps, delta)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("torchcsprng") is not None, reason="torchcsprng installed")
-def test_secure_mode_without_torchcsprng_fails_and_says_how_to_pilot():
-    with pytest.raises(SecureModeUnavailableError, match="torchcsprng.*insecure_pilot=True"):
-        _refuse(insecure_pilot=False)
 
 
 def test_insecure_settings_need_the_pilot_flag():

@@ -9,9 +9,11 @@ privacy report needs. Decisions made here on purpose:
 * **Budget-driven.** ``PrivacyEngine.make_private_with_epsilon`` picks the noise multiplier
   for the requested (ε, δ), epochs and sampling rate; PRV accountant by default.
 * **Refuse, don't warn,** when the budget exceeds the policy maximum or δ ≥ 1/N.
-* **Secure by default.** ``secure_mode`` needs torchcsprng; without it we fail and say how
-  to run as a pilot. A pilot (``insecure_pilot=True``) warns loudly and is recorded in the
-  result so the agent logs it.
+* **Secure by default, without torchcsprng.** Gaussian noise and Poisson sampling come from
+  the OS CSPRNG through :mod:`client_agent.dp.secure_engine` (Opacus's own accountant and noise
+  calibration, our DPOptimizer subclass and batch sampler). Only a pilot
+  (``insecure_pilot=True``, the one way to pass ``seed``) uses Opacus's seedable PRNG, for
+  reproducible experiments: it warns loudly and ``noise_source`` in the result says so.
 * **Poisson sampling**; an (astronomically rare) empty batch is skipped but still charged to
   the accountant, so the reported ε stays an upper bound.
 * **Guards**: parameters meant to train must move and stay finite after every epoch
@@ -35,11 +37,14 @@ from tqdm import tqdm
 from client_agent.dp.accounting import check_epsilon, recompute_epsilon
 from client_agent.dp.budget import PrivacyBudget, check_budget
 from client_agent.dp.guards import ParameterGuard
-from client_agent.errors import (
-    InvalidPrivacyParametersError,
-    SecureModeUnavailableError,
-    TrainingIntegrityError,
+from client_agent.dp.secure_engine import (
+    NOISE_SOURCE_PILOT,
+    NOISE_SOURCE_SECURE,
+    CsprngPrivacyEngine,
+    check_secure_pipeline,
+    poisson_loader,
 )
+from client_agent.errors import InvalidPrivacyParametersError, TrainingIntegrityError
 from client_agent.rewards.base import BradleyTerryLoss, RewardModel
 from client_agent.rewards.opacus_check import check_privatizable
 from corpus.types import PreferencePair
@@ -79,6 +84,7 @@ class PrivateTrainingResult:
     epoch_losses: tuple[float, ...]
     empty_batches: int
     seconds: float
+    noise_source: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,10 +104,10 @@ def _check_args(accountant: str, clipping: str, epochs: int, batch_size: int, ma
 
 
 def _check_secure(secure_mode: bool, insecure_pilot: bool, seed: int | None) -> bool:
-    """Resolve the RNG mode; returns the ``secure_mode`` to give Opacus."""
+    """Resolve the RNG mode: True = noise and sampling from the OS CSPRNG, False = seeded pilot."""
     if insecure_pilot:
         warnings.warn(
-            "INSECURE PILOT: DP noise and sampling use a non-cryptographic RNG (secure_mode off). "
+            "INSECURE PILOT: DP noise and sampling use a seedable, non-cryptographic RNG (reproducible experiments). "
             "The privacy guarantee does not hold against an adversary who can predict the RNG; "
             "do not use on production data. This is recorded in the privacy report.",
             InsecurePilotWarning,
@@ -112,14 +118,7 @@ def _check_secure(secure_mode: bool, insecure_pilot: bool, seed: int | None) -> 
         raise InvalidPrivacyParametersError("secure_mode=False is only allowed together with insecure_pilot=True")
     if seed is not None:
         raise InvalidPrivacyParametersError("seed= makes DP noise predictable; only allowed with insecure_pilot=True")
-    try:
-        import torchcsprng  # noqa: F401
-    except ImportError:
-        raise SecureModeUnavailableError(
-            "secure_mode needs the 'torchcsprng' package, which is not installed. Install it for production; "
-            "to run anyway as a pilot (no cryptographic RNG, recorded in the report) pass insecure_pilot=True"
-        ) from None
-    return True
+    return True  # noise and sampling from the OS CSPRNG (client_agent.dp.secure_engine)
 
 
 def _check_optimizer(model: RewardModel, optimizer: torch.optim.Optimizer) -> None:
@@ -171,19 +170,26 @@ def train_private(
             torch.manual_seed(seed)
         tensors = model.featurize(train_pairs)
         loader = DataLoader(TensorDataset(*tensors), batch_size=batch_size)
-        engine = PrivacyEngine(accountant=accountant, secure_mode=use_secure)
+        if use_secure:  # Opacus keeps a loader it is given with poisson_sampling=False: ours samples
+            engine: PrivacyEngine = CsprngPrivacyEngine(accountant=accountant)
+            loader = poisson_loader(loader, engine.noise_stream)
+        else:
+            engine = PrivacyEngine(accountant=accountant, secure_mode=False)
         criterion = BradleyTerryLoss()
         model.train()
         wrapped = engine.make_private_with_epsilon(
             module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
             target_epsilon=budget.epsilon, target_delta=budget.delta, epochs=epochs,
-            max_grad_norm=max_grad_norm, poisson_sampling=True, clipping="flat",
+            max_grad_norm=max_grad_norm, poisson_sampling=not use_secure, clipping="flat",
             grad_sample_mode="ghost" if clipping == "ghost" else "hooks",
         )
         if clipping == "ghost":
             private_model, dp_optimizer, dp_criterion, dp_loader = wrapped
         else:
             (private_model, dp_optimizer, dp_loader), dp_criterion = wrapped, criterion
+        if use_secure:
+            check_secure_pipeline(dp_optimizer, dp_loader)
+            private_model.forbid_grad_accumulation()  # what poisson_sampling=True would have set
         sample_rate = 1.0 / len(loader)
         epoch_losses: list[float] = []
         empty = 0
@@ -228,4 +234,5 @@ def train_private(
         expected_batch_size=int(dp_optimizer.expected_batch_size or 0), max_grad_norm=float(max_grad_norm),
         clipping=clipping, secure_mode=use_secure, insecure_pilot=insecure_pilot, history=history,
         epoch_losses=tuple(epoch_losses), empty_batches=empty, seconds=time.monotonic() - started,
+        noise_source=NOISE_SOURCE_SECURE if use_secure else NOISE_SOURCE_PILOT,
     )

@@ -38,10 +38,13 @@ def _tokenizer(extra: list[str] | None = None):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def build_tiny_llama(path: Path) -> Path:
     """A decoder LM checkpoint (LlamaForCausalLM): AutoModelForSequenceClassification adds the score head."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    path = tmp_path_factory.mktemp("tiny-llama")
     tok = _tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

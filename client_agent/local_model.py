@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from client_agent.budget_ledger import LifetimeLedger
 from client_agent.config import AgentConfig
 from client_agent.dp import PrivacyBudget, PrivateTrainingResult, train_private
 from client_agent.errors import PrivacyReportError
@@ -32,6 +33,7 @@ from client_agent.rewards.registry import load_reward_model
 from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError
 from crypto.signing import SigningKey
+from policies.lifetime import composition_statement
 
 UNDISCLOSED = "undisclosed"
 
@@ -42,8 +44,13 @@ def build_reward_model(config: AgentConfig) -> RewardModel:
 
 
 def train_reward_model(config: AgentConfig, *, identity: str, signing_key: SigningKey, progress: bool = True,
-                       now: datetime | None = None) -> tuple[RewardModel, SignedPrivacyReport, PrivateTrainingResult]:
-    """Train under DP on ``[agent].data_dir``; save the model and the signed report in ``state_dir``."""
+                       now: datetime | None = None, ledger: LifetimeLedger | None = None,
+                       ) -> tuple[RewardModel, SignedPrivacyReport, PrivateTrainingResult]:
+    """Train under DP on ``[agent].data_dir``; save the model and the signed report in ``state_dir``.
+
+    With a ``ledger`` the run is refused before its first step if it would pass the policy's
+    lifetime ε, and the report carries the earlier runs and the composed lifetime ε.
+    """
     import torch
 
     from corpus.dataset import load_pair_dataset
@@ -60,10 +67,16 @@ def train_reward_model(config: AgentConfig, *, identity: str, signing_key: Signi
         max_grad_norm=config.training.max_grad_norm, accountant=config.privacy.accountant,
         secure_mode=not config.agent.insecure_pilot, insecure_pilot=config.agent.insecure_pilot,
         clipping=config.training.clipping, seed=config.training.seed, progress=progress,
+        approve=ledger.approve if ledger is not None else None,
     )
     model.save(config.model_dir)
-    signed = PrivacyReport.from_training(result, agent_id=identity, model_digest=model.model_digest(),
-                                         now=now).sign(signing_key)
+    lifetime = None
+    if ledger is not None:
+        total, used = ledger.spent((result.noise_multiplier, result.sample_rate, result.steps))
+        lifetime = (total, composition_statement(accountant=used, delta=ledger.delta))
+    signed = PrivacyReport.from_training(result, agent_id=identity, model_digest=model.model_digest(), now=now,
+                                         prior_runs=ledger.runs if ledger is not None else (),
+                                         lifetime=lifetime).sign(signing_key)
     _write_atomically(config.privacy_report_path, signed.to_json().encode())
     return model, signed, result
 

@@ -21,6 +21,7 @@ from client_agent.errors import PrivacyReportError
 from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError
 from crypto.signing import SigningKey, VerifyKey
+from policies.lifetime import LedgerRun
 
 REPORT_VERSION: Literal[1] = 1
 __all__ = ["REPORT_VERSION", "PrivacyReport", "PrivacyReportError", "SignedPrivacyReport"]
@@ -49,6 +50,11 @@ class PrivacyReport(BaseModel):
     model_arch: str
     model_digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     created_at: str
+    # the member's lifetime ledger when this run was made (client_agent.budget_ledger): the runs
+    # before it, and all of them composed with this one as policies.lifetime states
+    prior_runs: tuple[LedgerRun, ...] = Field(default=(), strict=False)
+    lifetime_epsilon: float | None = Field(default=None, ge=0)
+    lifetime_composition: str | None = None
 
     @field_validator("created_at")
     @classmethod
@@ -60,9 +66,13 @@ class PrivacyReport(BaseModel):
 
     @classmethod
     def from_training(
-        cls, result: PrivateTrainingResult, *, agent_id: str, model_digest: str, now: datetime | None = None
+        cls, result: PrivateTrainingResult, *, agent_id: str, model_digest: str, now: datetime | None = None,
+        prior_runs: tuple[LedgerRun, ...] = (), lifetime: tuple[float, str] | None = None,
     ) -> PrivacyReport:
-        """Build from a training result; ``now`` is a parameter so tests control the clock."""
+        """Build from a training result; ``now`` is a parameter so tests control the clock.
+
+        ``lifetime`` is (lifetime ε including this run, how it was composed).
+        """
         when = (now or datetime.now(UTC)).astimezone(UTC).isoformat(timespec="seconds")
         return cls(
             agent_id=agent_id, epsilon=result.epsilon, delta=result.delta, accountant=result.accountant,
@@ -70,6 +80,8 @@ class PrivacyReport(BaseModel):
             epochs=result.epochs, dataset_size=result.dataset_size, max_grad_norm=result.max_grad_norm,
             clipping=result.clipping, secure_mode=result.secure_mode, insecure_pilot=result.insecure_pilot,
             noise_source=result.noise_source, model_arch=result.arch, model_digest=model_digest, created_at=when,
+            prior_runs=prior_runs, lifetime_epsilon=lifetime[0] if lifetime else None,
+            lifetime_composition=lifetime[1] if lifetime else None,
         )
 
     def signing_bytes(self) -> bytes:

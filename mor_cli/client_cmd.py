@@ -87,6 +87,8 @@ def _init_config(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from audit import AuditLog
+    from client_agent.budget_ledger import LifetimeLedger
+    from client_agent.errors import LifetimeBudgetExceededError
     from client_agent.local_model import train_reward_model
     from crypto.signing import SigningKey
 
@@ -94,8 +96,14 @@ def _train(args: argparse.Namespace) -> int:
     identity = config.identity()
     key = SigningKey.load_or_create(config.signing_key_path)
     with AuditLog.open(config.audit_dir, signing_key=key, origin=identity) as audit:
-        model, signed, result = train_reward_model(config, identity=identity, signing_key=key,
-                                                   progress=not args.quiet)
+        ledger = LifetimeLedger.from_audit(audit, identity=identity, policy=config.consortium_policy())
+        try:
+            model, signed, result = train_reward_model(config, identity=identity, signing_key=key,
+                                                       progress=not args.quiet, ledger=ledger)
+        except LifetimeBudgetExceededError as exc:
+            audit.append(actor=identity, action="training.refused", outcome="refused",
+                         details={"reason": str(exc)[:1000], "runs": len(ledger.runs)})
+            raise
         report = signed.report
         audit.append(actor=identity, action="model.trained",
                      digests={"model_digest": report.model_digest},
@@ -103,10 +111,13 @@ def _train(args: argparse.Namespace) -> int:
                               "dataset_size": report.dataset_size, "insecure_pilot": report.insecure_pilot,
                               "noise_source": report.noise_source,
                               "epsilon_independent": result.epsilon_independent})
+        ledger.record(audit, signed)
     print(f"trained {model.arch} on {report.dataset_size} pairs: epsilon={report.epsilon:.4f} (independent check "
           f"{result.epsilon_independent:.4f}), delta={report.delta:g}, noise={report.noise_multiplier:.3f}, "
           f"steps={report.steps}, noise source: {report.noise_source}; model {config.model_dir}, "
           f"report {config.privacy_report_path}")
+    print(f"lifetime epsilon {report.lifetime_epsilon:.4f} after {len(report.prior_runs) + 1} training(s)"
+          + (f" of {ledger.limit}" if ledger.limit is not None else " (policy sets no lifetime_epsilon)"))
     return 0
 
 
@@ -115,14 +126,34 @@ def _privacy_report(args: argparse.Namespace) -> int:
     from crypto.signing import SigningKey
 
     config = _config(args)
-    signed = load_report(config, SigningKey.load(config.signing_key_path), identity=config.identity())
+    key = SigningKey.load(config.signing_key_path)
+    signed = load_report(config, key, identity=config.identity())
     if args.json:
         print(signed.to_json())
         return 0
-    for key, value in signed.report.model_dump(mode="json").items():
-        print(f"{key:18} {value}")
-    print(f"{'signer':18} {signed.signer}  (signature verified)")
+    for name, value in signed.report.model_dump(mode="json").items():
+        if name != "prior_runs":
+            print(f"{name:20} {value}")
+    print(f"{'signer':20} {signed.signer}  (signature verified)")
+    _print_ledger(config, key)
     return 0
+
+
+def _print_ledger(config: Any, key: Any) -> None:
+    """The lifetime ledger as the agent's audit log has it now (read-only: a running agent may hold the log)."""
+    from client_agent.budget_ledger import LifetimeLedger
+    from policies.lifetime import composition_statement
+
+    ledger = LifetimeLedger.read_verified(config.audit_dir, key.verify_key(), identity=config.identity(),
+                                          policy=config.consortium_policy())
+    total, used = ledger.spent()
+    limit = "no cap set by the policy" if ledger.limit is None else f"policy lifetime_epsilon {ledger.limit}"
+    print(f"\nlifetime ledger: {len(ledger.runs)} DP training(s), lifetime epsilon {total:.4f} ({limit})")
+    print(f"composition: {composition_statement(accountant=used, delta=ledger.delta)}")
+    for number, run in enumerate(ledger.runs, start=1):
+        print(f"  {number:>3}. {run.created_at}  epsilon={run.epsilon:.4f} delta={run.delta:g} "
+              f"sigma={run.noise_multiplier:.3f} q={run.sample_rate:.4f} steps={run.steps}  "
+              f"report {run.report_sha256[:16]}…")
 
 
 def _run(args: argparse.Namespace) -> int:

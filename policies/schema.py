@@ -89,9 +89,18 @@ class Privacy(_Section):
     max_epsilon: float = Field(gt=0, le=100)
     max_delta: float = Field(gt=0, lt=1e-3)
     accountant: Literal["prv", "rdp", "gdp"] = "prv"
+    # every DP training one member ever runs, composed with `accountant` (policies.lifetime); None = no cap
+    lifetime_epsilon: float | None = Field(default=None, gt=0, le=1000)
     # fused-only: may the key holder release each agent's scores on the PUBLIC calibrate/router
     # rounds (never score rounds) to the server, so calibration is measured and the router fitted?
     public_rounds_per_agent: bool = False
+
+    @model_validator(mode="after")
+    def _lifetime_holds_one_training(self) -> Privacy:
+        if self.lifetime_epsilon is not None and self.lifetime_epsilon < self.max_epsilon:
+            raise rule("privacy.lifetime_epsilon", f"must be >= privacy.max_epsilon ({self.max_epsilon}): "
+                       f"got {self.lifetime_epsilon}, which one full training could already exceed")
+        return self
 
 
 class Rounds(_Section):
@@ -101,6 +110,10 @@ class Rounds(_Section):
     deadline_s: float = Field(gt=0, le=86_400)
     group_size: int = Field(ge=2, le=256)
     prompts_per_round: int = Field(ge=1, le=100_000)
+    # a member whose own vector is refused (non-finite, out of range, undecryptable, malformed) this
+    # many rounds in a row is not asked again for quarantine_s seconds (audited; server/quarantine.py)
+    quarantine_after_failures: int = Field(default=3, ge=1, le=1000)
+    quarantine_s: float = Field(default=3600.0, gt=0, le=30 * 86_400)
 
 
 class Scores(_Section):

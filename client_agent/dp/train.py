@@ -26,7 +26,7 @@ import importlib.util
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -146,8 +146,13 @@ def train_private(
     clipping: Literal["flat", "ghost"] = "flat",
     seed: int | None = None,
     progress: bool = True,
+    approve: Callable[[float, float, int], None] | None = None,
 ) -> PrivateTrainingResult:
-    """Train ``model`` in place with DP-SGD to exactly ``budget``; refuse anything unsound."""
+    """Train ``model`` in place with DP-SGD to exactly ``budget``; refuse anything unsound.
+
+    ``approve(noise_multiplier, sample_rate, planned_steps)`` is called once Opacus has calibrated
+    the noise and before the first step; it raises to refuse the run (the lifetime budget check).
+    """
     from opacus import PrivacyEngine
 
     n = len(train_pairs)
@@ -190,6 +195,8 @@ def train_private(
         if use_secure:
             check_secure_pipeline(dp_optimizer, dp_loader)
             private_model.forbid_grad_accumulation()  # what poisson_sampling=True would have set
+        if approve is not None:
+            approve(float(dp_optimizer.noise_multiplier), 1.0 / len(dp_loader), epochs * len(dp_loader))
         sample_rate = 1.0 / len(loader)
         epoch_losses: list[float] = []
         empty = 0

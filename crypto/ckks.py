@@ -162,6 +162,27 @@ def _load_chunks(context: ts.Context, context_sha256: str, slots: int, sealed: S
     return vectors
 
 
+def _check_fresh(vectors: Sequence[ts.CKKSVector], parameters: CKKSParameters) -> None:
+    """Every chunk is what an honest ``encrypt`` under these parameters yields; else IntegrityError.
+
+    A fresh ciphertext has two polynomials, every coefficient-modulus prime but the special one,
+    NTT form and exactly the context's scale. Anything else — a product, a rescaled or
+    foreign-scale ciphertext, a transparent one — either fails the homomorphic sum of a whole
+    round (a scale mismatch aborts it) or hides nothing, so it is refused at the door.
+    """
+    scale = float(2 ** parameters.scale_bits)
+    levels = len(parameters.coeff_mod_bit_sizes) - 1
+    for vector in vectors:
+        try:
+            parts = vector.data.ciphertext()
+            fresh = all(c.size() == 2 and c.coeff_modulus_size() == levels and c.is_ntt_form() and
+                        not c.is_transparent() and c.scale == scale for c in parts)
+        except Exception:  # noqa: BLE001 - any failure to inspect is the same opaque error
+            raise IntegrityError() from None
+        if not fresh:
+            raise IntegrityError()
+
+
 def _check_values(values: Sequence[float], what: str) -> list[float]:
     out = [float(v) for v in values]
     if not out:
@@ -194,6 +215,14 @@ class PublicContext:
         )
         return SealedVector(chunks, len(checked), self.sha256)
 
+    def check_fresh(self, sealed: SealedVector) -> None:
+        """Refuse (IntegrityError) a vector that is not a fresh encryption under this context.
+
+        Run on every member's envelope before the server signs a receipt for it, so a signed but
+        malformed ciphertext is refused at submission instead of voiding a whole round at fusion.
+        """
+        _check_fresh(_load_chunks(self._context, self.sha256, self.slots, sealed), self.parameters)
+
     def weighted_sum(self, vectors: Sequence[SealedVector], weights: Sequence[Sequence[float]]) -> SealedVector:
         """``sum_i weights[i] * vectors[i]`` slot by slot, homomorphically (fused-only mode)."""
         if not vectors or len(vectors) != len(weights):
@@ -206,6 +235,8 @@ class PublicContext:
         if any(v.length != length for v in vectors):
             raise IntegrityError()
         loaded = [_load_chunks(self._context, self.sha256, self.slots, v) for v in vectors]
+        for chunks_of_one in loaded:
+            _check_fresh(chunks_of_one, self.parameters)
         chunks = []
         for c in range(len(loaded[0])):
             lo = c * self.slots

@@ -53,9 +53,14 @@ def plain_vectors(envelopes: Mapping[str, Envelope]) -> dict[str, list[float]]:
 
 
 def decrypt_vectors(envelopes: Mapping[str, Envelope], *, key_owner: CKKSKeyOwner, audit: AuditTrail,
-                    round_id: str, actor: str = "server") -> tuple[dict[str, list[float]], int]:
-    """ckks: decrypt each agent's vector with the server's key owner; audit every decryption."""
+                    round_id: str, actor: str = "server") -> tuple[dict[str, list[float]], int, dict[str, str]]:
+    """ckks: decrypt each agent's vector with the server's key owner; audit every decryption.
+
+    A vector that does not decrypt drops that agent only — (vectors, decryptions, refused) — and
+    is audited (``decrypt.refused``), so one member cannot void a round the others answered.
+    """
     out: dict[str, list[float]] = {}
+    refused: dict[str, str] = {}
     total = 0
     for agent, env in sorted(envelopes.items()):
         if env.kind != "ckks" or env.context_sha256 is None:
@@ -64,13 +69,16 @@ def decrypt_vectors(envelopes: Mapping[str, Envelope], *, key_owner: CKKSKeyOwne
         try:
             out[agent] = key_owner.decrypt(sealed)
         except IntegrityError:
-            raise FusionError(f"{agent}: ciphertext does not decrypt under the server's context") from None
+            refused[agent] = "ciphertext does not decrypt under the server's context"
+            audit.record(actor, "decrypt.refused", {"round_id": round_id, "agent": agent,
+                                                    "envelope_sha256": env.sha256(), "reason": refused[agent]})
+            continue
         total += len(sealed.chunks)
         audit.record(actor, "decrypt.agent", {
             "round_id": round_id, "agent": agent, "envelope_sha256": env.sha256(), "chunks": len(sealed.chunks),
             "decryptions_total": key_owner.decryptions,
         })
-    return out, total
+    return out, total, refused
 
 
 def keyholder_vectors(envelopes: Mapping[str, Envelope], *, keyholder: AgentDecryptor,

@@ -190,9 +190,9 @@ def fuse_ckks(router: RouterBase, inp: FusionInput, *, scores: ScoreRange, key_o
               audit: AuditTrail, actor: str = "server") -> FusionOutcome:
     """ckks: decrypt per agent (audited) -> range check -> calibration -> ``router.fuse``."""
     usable, refused = _usable(router, inp)
-    vectors, decryptions = decrypt_vectors(usable, key_owner=key_owner, audit=audit, round_id=inp.round_id,
-                                           actor=actor)
-    return _fuse_vectors(router, inp, vectors, scores, refused, decryptions)
+    vectors, decryptions, undecryptable = decrypt_vectors(usable, key_owner=key_owner, audit=audit,
+                                                          round_id=inp.round_id, actor=actor)
+    return _fuse_vectors(router, inp, vectors, scores, {**refused, **undecryptable}, decryptions)
 
 
 def fuse_fused_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange, context: PublicContext,
@@ -201,9 +201,16 @@ def fuse_fused_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange,
     if not isinstance(context, PublicContext):
         raise PrivacyModeError("fused-only: the server may hold only a PublicContext (no secret key)")
     usable, refused = _usable(router, inp)
-    for agent, env in usable.items():
-        if env.kind != "ckks" or env.context_sha256 != context.sha256:
-            raise FusionError(f"{agent}: envelope is not sealed under the key holder's public context")
+    for agent, env in list(usable.items()):
+        try:
+            if env.kind != "ckks" or env.context_sha256 != context.sha256:
+                raise IntegrityError()
+            context.check_fresh(SealedVector(env.ciphertexts, env.length, context.sha256))
+        except IntegrityError:
+            refused[agent] = "ciphertext is not a fresh encryption under the key holder's public context"
+            audit.record(actor, "decrypt.refused", {"round_id": inp.round_id, "agent": agent,
+                                                    "envelope_sha256": env.sha256(), "reason": refused[agent]})
+            del usable[agent]
     agents = [a for a in router.agents if a in usable]
     if not agents:
         return FusionOutcome([None] * inp.n_items, (), {}, refused, {}, (), 0)

@@ -17,6 +17,8 @@ key material held           none                       the secret key (key owner
 score round (``fuse``)      read, calibrate, route     decrypt per agent (audited),  weights x ciphertexts summed
                                                        calibrate, route              homomorphically; key holder
                                                                                      opens only the sum
+payload (after signature)   any                        fresh ciphertext under the    fresh ciphertext under the
+                                                       server's context              key holder's context
 public rounds (``collect``) signed header scores       server decrypts per agent     key holder opens per agent, and
                                                                                      only with the policy opt-in
 ==========================  =========================  ============================  ==============================
@@ -35,7 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from crypto.ckks import CKKSKeyOwner, CKKSParameters, PublicContext
-from crypto.envelope import Envelope, PayloadKind
+from crypto.envelope import Envelope, OpenedEnvelope, PayloadKind
+from crypto.errors import IntegrityError
 from server.agent_vectors import AgentDecryptor, decrypt_vectors, keyholder_vectors, plain_vectors
 from server.errors import ConfigError, EnvelopeModeError, PrivacyModeError
 from server.fusion import (
@@ -78,6 +81,7 @@ class PrivacyModeBehaviour(Protocol):
     def needs_key_bindings(self) -> bool: ...
 
     def check_envelope(self, env: Envelope) -> None: ...
+    def check_payload(self, opened: OpenedEnvelope) -> None: ...
     def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome: ...
     def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
                 key_bindings: Mapping[str, dict[str, Any] | None] | None = None) -> Vectors: ...
@@ -125,6 +129,22 @@ class _Mode:
         context = self.public_context
         if context is not None and env.context_sha256 != context.sha256:
             raise EnvelopeModeError("wrong_context", "envelope was sealed under another CKKS context: GET /v1/context")
+
+    def check_payload(self, opened: OpenedEnvelope) -> None:
+        """After the signature: a CKKS payload must be a fresh encryption under the context, else refused.
+
+        Deserialising comes only after the signature checked out (a stranger's bytes are never
+        parsed), and before a receipt is signed: a signed-but-malformed ciphertext is refused at
+        the door rather than voiding a round at fusion.
+        """
+        context = self.public_context
+        if context is None or opened.sealed is None:
+            return
+        try:
+            context.check_fresh(opened.sealed)
+        except IntegrityError:
+            raise EnvelopeModeError("malformed_ciphertext", "the ciphertext is not a fresh CKKS encryption under "
+                                    f"context {context.sha256[:16]}… (GET /v1/context)") from None
 
     def close(self) -> None:
         """Release what the mode holds open (the key-holder connection); idempotent."""
@@ -178,9 +198,9 @@ class CkksMode(_Mode):
 
     def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
                 key_bindings: Mapping[str, dict[str, Any] | None] | None = None) -> Vectors:
-        vectors, _ = decrypt_vectors(envelopes, key_owner=self.owner, audit=self.audit, round_id=round_id,
-                                     actor=self.actor)
-        return vectors, {}
+        vectors, _, refused = decrypt_vectors(envelopes, key_owner=self.owner, audit=self.audit, round_id=round_id,
+                                              actor=self.actor)
+        return vectors, refused
 
 
 @dataclass(frozen=True)

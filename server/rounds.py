@@ -50,6 +50,7 @@ from crypto.signing import VerifyKey
 from server.errors import FusionError, KeyHolderError, PrivacyModeError
 from server.fusion import FusionInput, check_range
 from server.privacy_mode import PrivacyModeBehaviour
+from server.quarantine import Quarantine
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from server.state import StateStore
@@ -101,10 +102,21 @@ class RoundResult:
         return self.status == "skipped"
 
 
+SEND_MAX_PIXELS = 1024 * 1024  # members refuse larger images by default ([limits] max_image_pixels)
+
+
 def prompt_payload(prompt: Prompt) -> PromptPayload:
-    """The wire form of a prompt (its image as base64 PNG)."""
+    """The wire form of a prompt: its image as base64 PNG, downscaled (aspect kept) to ``SEND_MAX_PIXELS``.
+
+    A consortium's own scans can be any size; a member's reward model resizes to its own input
+    anyway, and members refuse oversized images, so a 4,000-pixel X-ray is sent at ~1 megapixel.
+    """
+    image = prompt.image
+    if image.width * image.height > SEND_MAX_PIXELS:
+        scale = (SEND_MAX_PIXELS / (image.width * image.height)) ** 0.5
+        image = image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
     buffer = io.BytesIO()
-    prompt.image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return PromptPayload(prompt_id=prompt.prompt_id, question=prompt.question,
                          image_png_b64=base64.b64encode(buffer.getvalue()).decode("ascii"))
 
@@ -143,16 +155,19 @@ class RoundCoordinator:
     def __init__(self, *, state: StateStore, audit: AuditTrail, privacy: PrivacyModeBehaviour, router: RouterBase,
                  policy: RoundPolicy, features: FeatureFn | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
-                 actor: str = "server", show_progress: bool = True) -> None:
+                 actor: str = "server", show_progress: bool = True, quarantine: Quarantine | None = None) -> None:
         self.state, self.audit, self.privacy, self.router, self.policy = state, audit, privacy, router, policy
+        self.quarantine = quarantine
         self.clock, self.sleep, self.new_id, self.actor, self.show_progress = clock, sleep, new_id, actor, show_progress
         self._features = features
         self._feature_cache: dict[str, torch.Tensor] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def live_agents(self, now: float | None = None) -> list[str]:
-        """Enrolled agents seen within the policy's online window."""
-        return live_agents(self.state, self.clock() if now is None else now, self.policy.online_window_s)
+        """Enrolled agents seen within the policy's online window (and not quarantined)."""
+        now = self.clock() if now is None else now
+        live = live_agents(self.state, now, self.policy.online_window_s)
+        return live if self.quarantine is None else self.quarantine.admitted(live, now)
 
     def set_router(self, router: RouterBase) -> None:
         """Swap the router (after a fit); later rounds fuse with it."""
@@ -226,6 +241,14 @@ class RoundCoordinator:
     def run_round(self, kind: TaskKind, prompts: Sequence[Prompt], items: Sequence[TaskItem | tuple[int, str]], *,
                   now: float | None = None) -> RoundResult:
         """Issue one task per live agent, wait for quorum or deadline, then fuse (score) or collect."""
+        result = self._run_round(kind, prompts, items, now=now)
+        if self.quarantine is not None:
+            self.quarantine.observe(result.round_id, result.agents_answered, result.agents_used, result.refused,
+                                    self.clock())
+        return result
+
+    def _run_round(self, kind: TaskKind, prompts: Sequence[Prompt], items: Sequence[TaskItem | tuple[int, str]], *,
+                   now: float | None) -> RoundResult:
         if kind != "score" and not self.privacy.collects_public_rounds:
             raise PrivacyModeError(f"{self.privacy.name}: a {kind!r} round needs per-agent scores, which this mode "
                                    "never decrypts unless the policy sets privacy.public_rounds_per_agent = true")
@@ -255,8 +278,9 @@ class RoundCoordinator:
             if kind == "score":
                 return self._fuse(round_id, prompts, task_items, asked, answered, envelopes, digests, refused)
             return self._collect(round_id, kind, asked, answered, envelopes, digests, refused)
-        except (FusionError, KeyHolderError) as exc:
-            return self._skip(round_id, kind, asked, answered, f"fusion failed: {exc}", digests, refused)
+        except (FusionError, KeyHolderError, ArithmeticError) as exc:  # never an exception into TRL
+            return self._skip(round_id, kind, asked, answered, f"fusion failed: {type(exc).__name__}: {exc}",
+                              digests, refused)
 
     def _fuse(self, round_id: str, prompts: Sequence[Prompt], items: Sequence[TaskItem], asked: Sequence[str],
               answered: Sequence[str], envelopes: dict[str, Envelope], digests: dict[str, str],
@@ -275,6 +299,9 @@ class RoundCoordinator:
             return self._skip(round_id, "score", asked, answered, f"{len(outcome.agents_used)} agents usable after "
                               f"checks, quorum is {self.policy.quorum}", digests, refused)
         valid = [r for r in outcome.rewards if r is not None]
+        if not all(math.isfinite(r) for r in valid):
+            return self._skip(round_id, "score", asked, answered, f"{sum(not math.isfinite(r) for r in valid)} "
+                              "fused rewards are not finite", digests, refused)
         summary = {
             "agents_asked": list(asked), "agents_answered": list(answered), "agents_used": list(outcome.agents_used),
             "envelope_sha256": {a: digests[a] for a in outcome.agents_used}, "weights": outcome.weights,

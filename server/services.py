@@ -53,7 +53,9 @@ class ServicePolicy:
     public_rounds_per_agent: bool = False  # fused-only: the key holder may open public-round vectors per agent
     envelope_max_age_s: float = 300.0
     online_window_s: float = 120.0
-    insecure_reasons: tuple[str, ...] = ()  # protections the policy switches off (recorded at start-up)
+    insecure_reasons: tuple[str, ...] = ()
+    quarantine_after_failures: int = 3  # consecutive faulty rounds before a member is left out
+    quarantine_s: float = 3600.0  # and for how long  # protections the policy switches off (recorded at start-up)
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,15 @@ datasets = Table(  # what the policy is aligned on: one row per role (prompts, c
     Column("loaded_at", Float, nullable=False),
 )
 
+member_health = Table(  # consecutive rounds a member's vector failed, and its quarantine (server/quarantine.py)
+    "member_health",
+    metadata,
+    Column("identity", String(300), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("quarantined_until", Float),
+    Column("reason", Text),
+)
+
 ROUND_STATUSES = ("open", "fused", "collected", "skipped")
 
 
@@ -293,6 +302,20 @@ class StateStore:
         with self._tx() as conn:
             rows = conn.execute(select(datasets).order_by(datasets.c.role)).mappings().all()
         return [{"role": r["role"], "loaded_at": r["loaded_at"], **json.loads(r["summary"])} for r in rows]
+
+    # -- member health (quarantine) ---------------------------------------------------------------
+    def member_health(self) -> dict[str, dict[str, Any]]:
+        """identity -> failures, quarantined_until (None: not quarantined), reason."""
+        with self._tx() as conn:
+            rows = conn.execute(select(member_health)).mappings().all()
+        return {r["identity"]: dict(r) for r in rows}
+
+    def set_member_health(self, identity: str, *, failures: int, quarantined_until: float | None,
+                          reason: str | None) -> None:
+        with self._tx() as conn:
+            conn.execute(member_health.delete().where(member_health.c.identity == identity))
+            conn.execute(insert(member_health).values(identity=identity, failures=failures,
+                                                      quarantined_until=quarantined_until, reason=reason))
 
     # -- submissions ------------------------------------------------------------------------
     def record_submission(

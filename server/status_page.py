@@ -44,12 +44,24 @@ class DatasetView(BaseModel):
     loaded_at: float
 
 
+class MemberHealthView(BaseModel):
+    """A member whose own vectors were refused in recent rounds, and its quarantine if any."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    agent: str
+    consecutive_failures: int
+    quarantined_until: float | None
+    reason: str | None
+
+
 class StatusSnapshot(ServerStatus):
     """``ServerStatus`` (``router_weights``: mean over all prompts) plus the fields above."""
 
     rounds_collected: int
     router: RouterWeightsView | None
     datasets: list[DatasetView] = []
+    member_health: list[MemberHealthView] = []
 
 
 _STYLE = """
@@ -69,6 +81,15 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _health_section(status: StatusSnapshot) -> str:
+    if not status.member_health:
+        return "<p>every member's recent vectors were usable</p>"
+    rows = [[f"<code>{escape(m.agent)}</code>", str(m.consecutive_failures),
+             (f"<span class='off'>until {escape(_when(m.quarantined_until))}</span>"
+              if m.quarantined_until is not None else "no"), escape(m.reason or "")] for m in status.member_health]
+    return _table(["member", "failed rounds in a row", "quarantined", "last reason"], rows)
 
 
 def _data_section(status: StatusSnapshot) -> str:
@@ -117,6 +138,7 @@ def render_status_page(status: StatusSnapshot) -> str:
         f"<h2>Agents ({len(status.agents)})</h2>"
         + _table(["agent", "architecture", "ε / budget", "δ", "state", "last seen", "submissions"], agents)
         + "<h2>Router weights</h2>" + _router_section(status)
+        + "<h2>Member health</h2>" + _health_section(status)
         + "<h2>Data the policy is aligned on</h2>" + _data_section(status)
         + "</body></html>"
     )

@@ -45,6 +45,7 @@ from corpus.types import PreferencePair, Prompt
 from server.config import FrozenConfig, load_toml_model
 from server.errors import ShutdownRequested, TrainingError
 from server.grpo import GRPOResult, GRPORunConfig, StopCheck, run_grpo
+from server.quarantine import Quarantine, QuarantinePolicy
 from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration, live_agents
 from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
 from server.services import Services
@@ -57,7 +58,7 @@ from server.training_data import (
     load_router_pairs,
     record_loaded,
 )
-from wire.calibration import IDENTITY, Calibration, CalibrationError
+from wire.calibration import IDENTITY, Calibration, CalibrationError, calibration_refusal
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,14 @@ def calibrate(coordinator: RoundCoordinator, services: Services, config: Trainin
                 scale = Calibration.measure(values)
             except CalibrationError as exc:
                 log.warning("agent %s: not calibrated: %s", agent, exc)
+                continue
+            refusal = calibration_refusal(scale.mean, scale.std, score_min=services.policy.score_min,
+                                          score_max=services.policy.score_max)
+            if refusal is not None:  # a degenerate scale would let this member's scores swamp the others
+                log.warning("agent %s: measured calibration refused: %s", agent, refusal)
+                services.audit.record(coordinator.actor, "agent.calibration.refused", {
+                    "agent": agent, "mean": scale.mean, "std": scale.std, "reason": refusal,
+                    "round_id": result.round_id})
                 continue
             measured = {"mean": scale.mean, "std": scale.std, "n": scale.n, "source": "server-measured",
                         "round_id": result.round_id}
@@ -246,6 +255,8 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
     coordinator = RoundCoordinator(
         state=services.state, audit=audit, privacy=services.privacy, router=_initial_router(config, agents),
         features=features, clock=services.clock, sleep=wait, show_progress=show_progress,
+        quarantine=Quarantine(services.state, audit, QuarantinePolicy(services.policy.quarantine_after_failures,
+                                                                      services.policy.quarantine_s), actor=actor),
         policy=RoundPolicy(quorum=config.quorum, deadline_s=config.deadline_s,
                            online_window_s=services.policy.online_window_s),
     )

@@ -62,6 +62,7 @@ def service_policy_of(policy: Policy) -> ServicePolicy:
         allowed_identities=None if admitted.allow_all_certified else frozenset(admitted.allowed_identities),
         insecure_reasons=tuple(policy.insecure_reasons()),
         public_rounds_per_agent=policy.privacy.public_rounds_per_agent,
+        quarantine_after_failures=policy.rounds.quarantine_after_failures, quarantine_s=policy.rounds.quarantine_s,
     )
 
 

@@ -10,6 +10,8 @@ an entry ``reject.<code>`` in the server's real audit log, which verifies afterw
 from __future__ import annotations
 
 import base64
+import dataclasses
+import json
 import ssl
 import time
 from collections.abc import Iterator
@@ -23,7 +25,9 @@ from helpers.pki import TestPKI, make_pki
 from helpers.procs import ServiceProcess, free_port, start_server, write_server_config
 
 from crypto.ckks import PublicContext, load_public_context
-from crypto.envelope import seal_scores, sign_plain_scores
+from crypto.envelope import Envelope, seal_scores, sign_plain_scores
+from crypto.signing import SigningKey
+from server.state import StateStore
 from wire.messages import Receipt
 
 pytestmark = pytest.mark.timeout(180)
@@ -207,3 +211,51 @@ def test_declined_task_leaves_the_queue_and_is_audited(ckks: World) -> None:
     bad = frank.http.post(f"/v1/tasks/{next_one}/decline", json={"code": "Not A Code", "reason": "x"})
     assert bad.status_code == 422
     assert actions(audit_report(ckks.config), frank.identity)["task.declined"] == 1
+
+
+def _signed_garbage(env: Envelope, key: SigningKey, ciphertexts: tuple[bytes, ...]) -> dict[str, object]:
+    """A member's own envelope with other ciphertext bytes, correctly signed again with its own key."""
+    unsigned = dataclasses.replace(env, ciphertexts=ciphertexts, signature=b"")
+    return dataclasses.replace(unsigned, signature=key.sign(unsigned.signed_bytes())).to_dict()
+
+
+def test_a_member_cannot_void_rounds_with_signed_garbage_or_skew_them_with_its_own_scale(ckks: World) -> None:
+    """Signed but malformed ciphertexts are refused before any receipt; a self-reported scale is bounded."""
+    mallory = ckks.agent("mallory")
+    assert mallory.enrol().status_code == 200
+    context = _context(mallory)
+    round_id, task_id = issue_task(ckks.db, mallory.identity, n_items=3)
+
+    def honest() -> Envelope:  # a fresh nonce each time: a refused envelope's nonce is spent
+        return seal_scores([0.1, 0.2, 0.3], context, signing_key=mallory.key, sender=mallory.identity,
+                           round_id=round_id, task_id=task_id)
+
+    import tenseal as ts  # a ciphertext at another scale: it parses, but its sum with the others would fail
+
+    other = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 40, 60])
+    other.global_scale = 2 ** 20
+    cases = {"garbage": (b"\x00not a ciphertext" * 64,),
+             "foreign scale": (ts.ckks_vector(other, [0.1] * 3).serialize(),)}
+    for what, ciphertexts in cases.items():
+        reply = mallory.submit(task_id, _signed_garbage(honest(), mallory.key, ciphertexts))
+        assert (reply.status_code, reply.json()["code"]) == (422, "malformed_ciphertext"), what
+    assert mallory.submit(task_id, honest().to_dict()).status_code == 200  # the task is still open to a good vector
+
+    for body, status, code in (({"mean": 0.0, "std": 1e-100, "n": 8}, 422, "calibration_out_of_bounds"),
+                               ({"mean": 1e6, "std": 1.0, "n": 8}, 422, "calibration_out_of_bounds")):
+        reply = mallory.http.post("/v1/calibration", json=body)
+        assert (reply.status_code, reply.json()["code"]) == (status, code), body
+    for raw in (b'{"mean": NaN, "std": 1.0, "n": 8}', b'{"mean": 0.0, "std": Infinity, "n": 8}'):
+        reply = mallory.http.post("/v1/calibration", content=raw, headers={"content-type": "application/json"})
+        assert reply.status_code == 422, raw
+    assert mallory.http.post("/v1/calibration", json={"mean": 0.5, "std": 0.8, "n": 8}).status_code == 200
+    store = StateStore(ckks.db)
+    stored = json.loads(store.agent(mallory.identity)["calibration"])  # type: ignore[index]
+    assert (stored["std"], stored["source"]) == (0.8, "self-reported")
+    store.set_calibration(mallory.identity, {"mean": 0.1, "std": 0.3, "n": 48, "source": "server-measured"})
+    assert mallory.http.post("/v1/calibration", json={"mean": 0.5, "std": 0.01, "n": 8}).status_code == 200
+    assert json.loads(store.agent(mallory.identity)["calibration"])["std"] == 0.3  # type: ignore[index]
+    store.engine.dispose()
+    counted = actions(audit_report(ckks.config), mallory.identity)
+    assert counted["reject.malformed_ciphertext"] == 2 and counted["reject.calibration_out_of_bounds"] == 2
+    assert counted["agent.calibrated"] == 1 and counted["agent.calibration.ignored"] == 1

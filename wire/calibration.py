@@ -63,6 +63,27 @@ class Calibration:
         return (float(scores) - self.mean) / self.std
 
 
+MIN_STD_FRACTION = 1e-4  # a scale below this share of the policy's score range only amplifies noise
+
+
+def calibration_refusal(mean: float, std: float, *, score_min: float, score_max: float) -> str | None:
+    """Why a calibration cannot be used under the policy's score range (None: usable).
+
+    A member's scale divides its scores, so an unbounded one lets a member multiply its
+    influence at will (std 1e-100) or overflow the fusion (1e-300). Whoever measured it —
+    the member itself or the server — it must be finite, its mean inside the score range, and
+    its std between ``MIN_STD_FRACTION`` of the range and the whole range.
+    """
+    span = score_max - score_min
+    if not (math.isfinite(mean) and math.isfinite(std)):
+        return f"mean={mean}, std={std}: not finite"
+    if not score_min <= mean <= score_max:
+        return f"mean={mean} outside the policy's score range [{score_min}, {score_max}]"
+    if not MIN_STD_FRACTION * span <= std <= span:
+        return f"std={std} outside [{MIN_STD_FRACTION * span:.3g}, {span:.3g}] (the policy's score range)"
+    return None
+
+
 IDENTITY = Calibration(0.0, 1.0)  # an uncalibrated member: its raw scale is used as is
 
-__all__ = ["IDENTITY", "MIN_STD", "Calibration", "CalibrationError"]
+__all__ = ["IDENTITY", "MIN_STD", "MIN_STD_FRACTION", "Calibration", "CalibrationError", "calibration_refusal"]

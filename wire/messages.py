@@ -1,7 +1,10 @@
 """Typed messages exchanged over mutual TLS (API version ``v1``).
 
 Every model is strict (`extra="forbid"`) and frozen: an unknown or mistyped field is a 422
-with the field's path, never a silently ignored value. Binary payloads (PNG images, CKKS
+with the field's path, never a silently ignored value. Raw input must be I-JSON
+(:mod:`wire.strict`: valid Unicode, integers a float holds exactly, finite numbers) — checked
+before any field, free-form objects such as envelopes included — so no value that would
+overflow or fail to encode later gets past the edge. Binary payloads (PNG images, CKKS
 contexts and ciphertexts inside envelopes) travel base64-encoded.
 
 Endpoints (all under ``/v1``; the caller's identity comes from its verified client
@@ -37,9 +40,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from crypto.canonical import canonical_json
+from wire.strict import require_strict_json
 
 API_VERSION = "v1"
 PrivacyMode = Literal["tls-only", "ckks", "fused-only"]
@@ -47,7 +51,12 @@ TaskKind = Literal["calibrate", "router", "score"]
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_json(cls, data: Any) -> Any:
+        return require_strict_json(data)
 
 
 class ErrorBody(WireModel):
@@ -85,8 +94,8 @@ class TaskItem(WireModel):
 
 
 class CalibrationReport(WireModel):
-    mean: float
-    std: float = Field(gt=0)
+    mean: float = Field(allow_inf_nan=False)
+    std: float = Field(gt=0, allow_inf_nan=False)
     n: int = Field(gt=0)
 
 
@@ -127,7 +136,12 @@ class Receipt(WireModel):
 class PrivacyReport(BaseModel):
     """An agent's DP privacy report; extra accountant details are kept (and signed) as sent."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_json(cls, data: Any) -> Any:
+        return require_strict_json(data)
 
     identity: str = Field(description="the agent's mor:// identity (must equal its certificate's)")
     epsilon: float = Field(ge=0, description="the accountant's epsilon for the trained reward model")

@@ -19,7 +19,7 @@ from server.admission import Caller
 from server.routes.common import any_caller, services_of
 from server.services import Services
 from server.state import rounds, submissions
-from server.status_page import DatasetView, RouterWeightsView, StatusSnapshot, render_status_page
+from server.status_page import DatasetView, MemberHealthView, RouterWeightsView, StatusSnapshot, render_status_page
 from wire.messages import AgentStatus
 
 router = APIRouter(tags=["status"])
@@ -63,6 +63,9 @@ def server_status(services: Services) -> StatusSnapshot:
                                  updated_at=router["updated_at"], by_domain=router["by_domain"]) if router else None,
         datasets=[DatasetView(role=d["role"], source=d["source"], count=d["count"], sha256=d["sha256"],
                               domains=d["domains"], loaded_at=d["loaded_at"]) for d in state.list_datasets()],
+        member_health=[MemberHealthView(agent=a, consecutive_failures=h["failures"],
+                                        quarantined_until=h["quarantined_until"], reason=h["reason"])
+                       for a, h in sorted(state.member_health().items()) if h["failures"]],
     )
 
 

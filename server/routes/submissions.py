@@ -10,7 +10,9 @@ Order of checks (each refusal precise, audited, never a 500):
 5. ``crypto.envelope.open_envelope``: signature with the key registered at enrolment, sender /
    round / task binding, freshness, and the nonce recorded in the durable store — all before
    any ciphertext is deserialised; any failure is one opaque 400 ``integrity_error``;
-6. vector length and (tls-only) score range (422; clipped instead when the policy says so).
+6. the payload itself (422 ``malformed_ciphertext``: not a fresh CKKS encryption under the
+   context — size, parameters, level, scale), vector length and (tls-only) score range (422;
+   clipped instead when the policy says so).
 
 Accepted: an audit entry ``submission.accepted`` (envelope digest, not content), then the
 receipt signed by the server key is stored together with the envelope in one transaction
@@ -102,6 +104,10 @@ def submit(body: Submission, request: Request,
         raise Rejection(410, "task_expired", f"task {task.task_id!r} expired (deadline passed or round closed)")
     verify_key = VerifyKey.from_bytes(base64.b64decode(agent_row["signing_key_b64"]))
     opened = _check_open(services, task, env, verify_key, caller)
+    try:
+        services.privacy.check_payload(opened)
+    except EnvelopeModeError as exc:
+        raise Rejection(422, exc.code, str(exc)) from None
     clipped = _check_scores(services, task, opened)
 
     now = services.clock()

@@ -4,6 +4,12 @@ The report is verified with the key it arrives with (binding key and report), mu
 certificate's identity (no enrolling on someone else's behalf), and its (ε, δ) must be within
 the consortium policy — an agent whose reward model leaks more than the policy allows is
 refused (403 ``privacy_budget_exceeded``), and the refusal is audited.
+
+Lifetime budget (``policies.lifetime``): each signed report lists the member's earlier trainings
+(``prior_runs``). The server composes them with this one and refuses an enrolment past the
+policy's ``lifetime_epsilon`` (403 ``lifetime_budget_exceeded``); a report whose ledger leaves
+out the training the server last enrolled this member with is refused too (403
+``privacy_ledger_gap``), so wiping an agent's state does not reset its budget.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import ValidationError
@@ -19,6 +26,7 @@ from pydantic import ValidationError
 from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError, KeyFileError
 from crypto.signing import VerifyKey
+from policies.lifetime import LedgerRun, compose_epsilon
 from server.admission import Caller
 from server.rejections import Rejection
 from server.routes.common import client_caller, services_of
@@ -50,6 +58,33 @@ def _privacy_report(raw: dict[str, object], key: VerifyKey) -> PrivacyReport:
     return report
 
 
+def _lifetime(report: PrivacyReport, previous: dict[str, Any] | None, policy: Any) -> tuple[float, int, str]:
+    """(lifetime ε with this run, number of runs, accountant) from the signed report's ledger; see the module doc.
+
+    A report without DP-SGD details (older agents, test doubles) counts as one run of its own ε,
+    and only while the policy sets no lifetime cap.
+    """
+    extra = report.model_extra or {}
+    if "steps" not in extra and getattr(policy, "lifetime_epsilon", None) is None:
+        return report.epsilon, 1, str(extra.get("accountant", "unstated"))
+    try:
+        prior = [LedgerRun.model_validate(run) for run in extra.get("prior_runs") or []]
+        this = LedgerRun(report_sha256=extra["local_report_sha256"], created_at=extra["created_at"],
+                         epsilon=report.epsilon, delta=report.delta, noise_multiplier=extra["noise_multiplier"],
+                         sample_rate=extra["sample_rate"], steps=extra["steps"])
+    except (KeyError, TypeError, ValidationError) as exc:
+        raise Rejection(422, "bad_privacy_report", f"privacy_report: unreadable lifetime ledger: {exc}"[:500]) \
+            from None
+    if previous is not None:
+        last = json.loads(previous["privacy_report"]).get("local_report_sha256")
+        if last is not None and last not in {run.report_sha256 for run in (*prior, this)}:
+            raise Rejection(403, "privacy_ledger_gap",
+                            f"privacy report's ledger omits the training {last[:16]}… this member enrolled with")
+    accountant = getattr(policy, "accountant", "prv")  # ServicePolicy may not carry it yet: PRV, the default
+    epsilon, used = compose_epsilon([*prior, this], delta=policy.max_delta, accountant=accountant)
+    return epsilon, len(prior) + 1, used
+
+
 @router.post("/enrol", response_model=EnrolResponse, summary="Enrol an agent (signed privacy report)")
 def enrol_agent(body: EnrolRequest, request: Request,
                 caller: Annotated[Caller, Depends(client_caller)]) -> EnrolResponse:
@@ -64,6 +99,12 @@ def enrol_agent(body: EnrolRequest, request: Request,
         raise Rejection(403, "privacy_budget_exceeded",
                         f"privacy report (epsilon={report.epsilon}, delta={report.delta}) exceeds the policy "
                         f"budget (epsilon <= {policy.max_epsilon}, delta <= {policy.max_delta})")
+    lifetime, runs, accountant = _lifetime(report, services.state.agent(caller.identity), policy)
+    limit = getattr(policy, "lifetime_epsilon", None)
+    if limit is not None and lifetime > limit:
+        raise Rejection(403, "lifetime_budget_exceeded",
+                        f"{runs} DP training(s) compose to lifetime epsilon {lifetime:.3f} ({accountant.upper()}, "
+                        f"delta={policy.max_delta:g}), past the policy's lifetime_epsilon {limit}")
     now = services.clock()
     services.state.upsert_agent(
         caller.identity, signing_key_b64=body.signing_public_key_b64, architecture=body.architecture,
@@ -71,7 +112,8 @@ def enrol_agent(body: EnrolRequest, request: Request,
     )
     services.audit.record(caller.identity, "agent.enrolled", {
         "architecture": body.architecture, "epsilon": report.epsilon, "delta": report.delta,
-        "signing_key_sha256": key.fingerprint(),
+        "signing_key_sha256": key.fingerprint(), "lifetime_epsilon": lifetime, "lifetime_runs": runs,
+        "lifetime_accountant": accountant,
         "privacy_report_sha256": hashlib.sha256(canonical_json(body.privacy_report)).hexdigest(),
     })
     # No calibration batch: the trainer measures each agent's scale itself in a ``calibrate``

@@ -5,6 +5,10 @@ under the sender's Ed25519 key. The signature covers ``DOMAIN`` + canonical JSON
 header; the header holds the vector length and, for ``ckks`` payloads, the SHA-256 of every
 ciphertext and of the public context, so nothing can be swapped, truncated or re-targeted.
 ``plain`` payloads (the ``tls-only`` privacy mode) carry the scores in the signed header.
+``payload_sha256`` (optional) names the exact task payload the scores are for
+(:func:`wire.messages.payload_digest`): a member sets it on public rounds, so whoever opens
+that one envelope — the fused-only key holder — can check it is a published public set and
+not, say, GRPO completions a dishonest server relabelled as a public round.
 
 :func:`open_envelope` checks framing, signature, expected sender/round/task, freshness and
 replay — in that order, and all **before** any ciphertext is deserialised — and every
@@ -39,6 +43,7 @@ DEFAULT_MAX_FUTURE_S = 30.0
 MAX_PLAIN_SCORES = 65536
 _FIELDS = {"v", "kind", "sender", "round_id", "task_id", "nonce", "timestamp", "length",
            "context_sha256", "ciphertexts", "scores", "signature"}
+_OPTIONAL_FIELDS = {"payload_sha256"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Envelope:
     ciphertexts: tuple[bytes, ...]
     scores: tuple[float, ...] | None
     signature: bytes
+    payload_sha256: str | None = None
 
     def _fields(self) -> dict[str, Any]:
         """What the signed header and the wire form share, in one place so they cannot drift."""
@@ -70,6 +76,7 @@ class Envelope:
             "length": self.length,
             "context_sha256": self.context_sha256,
             "scores": list(self.scores) if self.scores is not None else None,
+            **({"payload_sha256": self.payload_sha256} if self.payload_sha256 is not None else {}),
         }
 
     def header(self) -> dict[str, Any]:
@@ -102,7 +109,7 @@ class Envelope:
         """Parse a received envelope. Any framing problem is an :class:`IntegrityError`."""
         try:
             return _parse(data)
-        except (KeyError, ValueError, TypeError, binascii.Error):
+        except (KeyError, ValueError, TypeError, OverflowError, binascii.Error):  # 10**400 overflows a float
             raise IntegrityError() from None
 
     @classmethod
@@ -117,6 +124,7 @@ class Envelope:
 def _text(value: Any, max_len: int) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= max_len:
         raise ValueError
+    value.encode("utf-8")  # a lone surrogate cannot be signed or stored: UnicodeEncodeError, a ValueError
     return value
 
 
@@ -128,8 +136,10 @@ def _hex(value: Any, length: int) -> str:
 
 
 def _parse(data: Any) -> Envelope:
-    if not isinstance(data, Mapping) or set(data) != _FIELDS or data["v"] != ENVELOPE_VERSION:
+    if not isinstance(data, Mapping) or not _FIELDS <= set(data) <= _FIELDS | _OPTIONAL_FIELDS \
+            or data["v"] != ENVELOPE_VERSION:
         raise ValueError
+    payload_sha256 = _hex(data["payload_sha256"], 64) if "payload_sha256" in data else None
     kind = data["kind"]
     length, timestamp = data["length"], data["timestamp"]
     if type(length) is not int or length < 1:
@@ -167,6 +177,7 @@ def _parse(data: Any) -> Envelope:
         ciphertexts=ciphertexts,
         scores=scores,
         signature=base64.b64decode(_text(data["signature"], 128), validate=True),
+        payload_sha256=payload_sha256,
     )
 
 
@@ -199,13 +210,14 @@ def _make(
     scores: tuple[float, ...] | None,
     now: float | None,
     rng: Callable[[int], bytes] | None,
+    payload_sha256: str | None = None,
 ) -> Envelope:
     for name, value in (("sender", sender), ("round_id", round_id), ("task_id", task_id)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{name}: must be a non-empty string")
     nonce = (rng or secrets.token_bytes)(16).hex()
     unsigned = Envelope(kind, sender, round_id, task_id, nonce, float(time.time() if now is None else now),
-                        length, context_sha256, ciphertexts, scores, b"")
+                        length, context_sha256, ciphertexts, scores, b"", payload_sha256)
     return replace(unsigned, signature=signing_key.sign(unsigned.signed_bytes()))
 
 
@@ -219,12 +231,13 @@ def seal_scores(
     task_id: str,
     now: float | None = None,
     rng: Callable[[int], bytes] | None = None,
+    payload_sha256: str | None = None,
 ) -> Envelope:
     """Encrypt ``scores`` under the server's public context and sign the envelope."""
     sealed = context.encrypt(scores)
     return _make("ckks", signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
                  length=sealed.length, context_sha256=sealed.context_sha256, ciphertexts=sealed.chunks,
-                 scores=None, now=now, rng=rng)
+                 scores=None, now=now, rng=rng, payload_sha256=payload_sha256)
 
 
 def sign_plain_scores(

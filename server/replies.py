@@ -3,6 +3,8 @@
 Shared by the aggregation server and the key holder so both answer bad input the same way:
 gate refusals, route :class:`~server.rejections.Rejection`, validation errors (422 with
 field paths), unknown routes (404/405) and bugs (opaque 500, logged with its traceback).
+What an entry keeps of the request (path, field paths, message) is bounded, so every refusal
+fits the audit log's entry limit and is recorded — a refusal that is not audited is a gap.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.gate import RejectFn, Scope, Send, actor_of, body_sha256_of
-from server.rejections import Rejection
+from server.rejections import Rejection, bounded_text
 from wire.messages import ErrorBody
 
 log = logging.getLogger("mor.server")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 RecordFn = Callable[[str, str, Mapping[str, Any]], object]
+MAX_PATH_CHARS = 512  # what a refusal's audit entry keeps of the request path
+MAX_FIELD_PART_CHARS = 64  # of each part of a field path (a field path may name a hostile key)
 
 
 def error_response(rejection: Rejection) -> JSONResponse:
@@ -32,7 +36,7 @@ def error_response(rejection: Rejection) -> JSONResponse:
 
 
 def _field_path(error: Mapping[str, Any]) -> str:
-    return ".".join(str(part) for part in error.get("loc", ())) or "body"
+    return ".".join(bounded_text(str(part), MAX_FIELD_PART_CHARS) for part in error.get("loc", ())) or "body"
 
 
 async def _no_receive() -> dict[str, Any]:
@@ -45,7 +49,8 @@ def install_rejection_handling(app: FastAPI, record: RecordFn) -> RejectFn:
     def audit(scope: Scope, rejection: Rejection) -> None:
         try:
             record(actor_of(scope), f"reject.{rejection.code}", {
-                "status": rejection.status, "method": scope.get("method"), "path": scope.get("path"),
+                "status": rejection.status, "method": bounded_text(str(scope.get("method")), 16),
+                "path": bounded_text(str(scope.get("path", "")), MAX_PATH_CHARS),
                 "body_sha256": body_sha256_of(scope), "message": rejection.message,
             })
         except Exception:  # noqa: BLE001 - a failing audit write must not turn a 4xx into a 500

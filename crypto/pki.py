@@ -1,7 +1,10 @@
 """The consortium certificate authority: issue, revoke and list TLS certificates.
 
-Every party gets an ECDSA P-256 key and a certificate whose *one* URI SAN
-``mor://<consortium>/<role>/<name>`` is its identity: servers authorise on that CA-issued
+Every party gets a certificate whose *one* URI SAN ``mor://<consortium>/<role>/<name>``
+(:mod:`crypto.identity`) is its identity. Its key is best generated at the site, which sends
+only a CSR (:mod:`crypto.csr` checks it, :meth:`CertificateAuthority.certify` signs it), so the
+private key never travels; :meth:`CertificateAuthority.issue` still generates an ECDSA P-256
+key here for one-machine setups (demo, tests). Identity: servers authorise on that CA-issued
 name, never on the CN (free text) or a request field. Key usage and extended key usage
 follow the role, so a client certificate cannot serve and a server one cannot log in.
 
@@ -12,32 +15,33 @@ Layout of a CA directory ``D`` (other code finds a party's files here)::
     D/ca/crl.pem                        the current revocation list
     D/parties/<name>/cert.pem key.pem ca.pem    a ready bundle per party (key 0600)
     D/parties/<name>/revoked/<serial>/  a revoked bundle, kept when the name is re-issued
+    D/parties/<name>/cert-<serial>.pem  a certificate signed from the site's CSR (no key here)
+    D/audit/  D/ca/audit-key.pem        the CA's signed audit log of what it issued and refused
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from crypto.errors import KeyFileError, PKIError
+from crypto.identity import ROLES, Role, check_name, identity_of, make_identity, parse_identity, role_of
 from crypto.signing import write_private_file
 
-Role = Literal["server", "client", "keyholder", "auditor"]
-ROLES: tuple[str, ...] = get_args(Role)
-IDENTITY_SCHEME = "mor"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+CertificatePublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
 _EKU = {
     # The aggregation server is also a TLS *client* of the key holder (fused-only mode).
     "server": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -45,53 +49,12 @@ _EKU = {
     "keyholder": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
     "auditor": [ExtendedKeyUsageOID.CLIENT_AUTH],
 }
-_SERVING_ROLES = ("server", "keyholder")
+SERVING_ROLES = ("server", "keyholder")
 CLOCK_SKEW = dt.timedelta(minutes=5)
 _ENTRY_KEYS = ("name", "role", "identity", "serial", "not_before", "not_after", "revoked_at")
-
-
-def _check_name(what: str, value: str) -> str:
-    if not _NAME.fullmatch(value):
-        raise PKIError(f"{what} {value!r}: use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit")
-    return value
-
-
-def make_identity(consortium: str, role: str, name: str) -> str:
-    return f"{IDENTITY_SCHEME}://{consortium}/{role}/{name}"
-
-
-def parse_identity(identity: str) -> tuple[str, Role, str]:
-    """Split ``mor://<consortium>/<role>/<name>`` into its parts, validating each."""
-    prefix = f"{IDENTITY_SCHEME}://"
-    parts = identity[len(prefix):].split("/") if identity.startswith(prefix) else []
-    if len(parts) != 3 or parts[1] not in ROLES or not all(_NAME.fullmatch(p) for p in (parts[0], parts[2])):
-        raise PKIError(f"{identity!r}: not a MoR identity (mor://<consortium>/<role>/<name>)")
-    return parts[0], cast(Role, parts[1]), parts[2]
-
-
-def role_of(identity: str) -> Role:
-    return parse_identity(identity)[1]
-
-
-def identity_of(cert_or_der: x509.Certificate | bytes) -> str:
-    """The one ``mor://`` URI SAN of a certificate (DER or PEM bytes accepted)."""
-    cert = cert_or_der
-    if isinstance(cert, bytes | bytearray):
-        try:
-            raw = bytes(cert)
-            cert = x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----") else \
-                x509.load_der_x509_certificate(raw)
-        except ValueError:
-            raise PKIError("not an X.509 certificate") from None
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        raise PKIError("certificate has no subjectAltName, so no MoR identity") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
-        raise PKIError(f"certificate must carry exactly one URI identity, found {len(uris)}")
-    parse_identity(uris[0])
-    return uris[0]
+_check_name = check_name
+__all__ = ["CLOCK_SKEW", "ROLES", "SERVING_ROLES", "CertificateAuthority", "CertificateRecord", "IssuedCertificate",
+           "Role", "identity_of", "init_ca", "make_identity", "parse_identity", "role_of"]
 
 
 @dataclass(frozen=True)
@@ -201,31 +164,50 @@ class CertificateAuthority:
     def list(self) -> list[CertificateRecord]:
         return [_record(e) for e in self._index["certificates"]]
 
-    def _active(self, name: str) -> dict[str, Any] | None:
-        return next((e for e in self._index["certificates"] if e["name"] == name and not e.get("revoked_at")), None)
+    def _active(self, name: str) -> Sequence[dict[str, Any]]:
+        return [e for e in self._index["certificates"] if e["name"] == name and not e.get("revoked_at")]
 
-    def issue(self, name: str, role: str, *, dns: Sequence[str] = (),
-              ips: Sequence[str] = (), days: int = 365, now: dt.datetime | None = None
-              ) -> IssuedCertificate:
-        """Issue a key + certificate for ``name`` and write its bundle under ``parties/<name>``."""
+    def _check_request(self, name: str, role: str, dns: Sequence[str], ips: Sequence[str], days: int,
+                       renew: bool) -> Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """Refuse what no certificate of this CA may say; the checked IP addresses."""
         _check_name("name", name)
         if role not in ROLES:
             raise PKIError(f"role {role!r}: must be one of {', '.join(ROLES)}")
-        if (dns or ips) and role not in _SERVING_ROLES:
+        if (dns or ips) and role not in SERVING_ROLES:
             raise PKIError(f"role {role!r} does not serve connections: --dns/--ip are only for server, keyholder")
         if not 1 <= days <= 3650:
             raise PKIError(f"days={days}: must be 1..3650")
-        if self._active(name) is not None:
-            raise PKIError(f"{name!r} already holds a valid certificate; revoke it first")
+        active = self._active(name)
+        if active and not renew:
+            raise PKIError(f"{name!r} already holds a valid certificate (serial {active[0]['serial']}); revoke it "
+                           "first, or renew it with a new key (`mor ca sign-csr --renew`)")
+        if renew and not active:
+            raise PKIError(f"{name!r} holds no valid certificate to renew; sign without --renew")
+        if renew and any(e["role"] != role for e in active):
+            raise PKIError(f"{name!r} holds a {active[0]['role']} certificate: a renewal cannot change the role")
         try:
-            addresses = [ipaddress.ip_address(a) for a in ips]
+            return [ipaddress.ip_address(a) for a in ips]
         except ValueError as exc:
             raise PKIError(f"--ip: {exc}") from None
+
+    def certify(self, public_key: CertificatePublicKey, name: str, role: str, *, dns: Sequence[str] = (),
+                ips: Sequence[str] = (), days: int = 365, now: dt.datetime | None = None, renew: bool = False,
+                source: str = "csr") -> x509.Certificate:
+        """Sign a certificate for a key the CA never sees the private half of, and record it in the index.
+
+        ``renew`` issues a second, overlapping certificate to a name that holds a valid one, so a
+        site can switch keys without downtime; the CA refuses to certify a key it certified before.
+        """
+        addresses = self._check_request(name, role, dns, ips, days, renew)
+        key_sha256 = hashlib.sha256(public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+        if any(e.get("public_key_sha256") == key_sha256 for e in self._index["certificates"]):
+            raise PKIError("this public key was certified before; generate a new key for every certificate")
         start = _utc(now)
         identity = make_identity(self.consortium, role, name)
-        key = ec.generate_private_key(ec.SECP256R1())
         san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity)]
-        san += [x509.DNSName(h) for h in dns] + [x509.IPAddress(a) for a in addresses]
+        san.extend(x509.DNSName(h) for h in dns)
+        san.extend(x509.IPAddress(a) for a in addresses)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([
@@ -234,30 +216,45 @@ class CertificateAuthority:
                 x509.NameAttribute(NameOID.COMMON_NAME, name),
             ]))
             .issuer_name(self._cert.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(start - CLOCK_SKEW)
             .not_valid_after(start + dt.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.KeyUsage(True, False, isinstance(public_key, rsa.RSAPublicKey), False, False,
+                                         False, False, False, False), critical=True)
             .add_extension(x509.ExtendedKeyUsage(_EKU[role]), critical=False)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()), critical=False)
             .sign(self._key, hashes.SHA256())
         )
-        bundle = self.party_dir(name)
-        self._archive_revoked_bundle(name, bundle)
-        write_private_file(bundle / "key.pem", _pem(key))
-        (bundle / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (bundle / "ca.pem").write_bytes(self.ca_cert_path.read_bytes())
         self._index["certificates"].append({
             "name": name, "role": role, "identity": identity, "serial": format(cert.serial_number, "x"),
             "not_before": cert.not_valid_before_utc.isoformat(), "not_after": cert.not_valid_after_utc.isoformat(),
-            "dns": list(dns), "ips": [str(a) for a in addresses], "revoked_at": None,
+            "dns": list(dns), "ips": [str(a) for a in addresses], "revoked_at": None, "source": source,
+            "public_key_sha256": key_sha256,
         })
         self._save_index()
-        return IssuedCertificate(name, cast(Role, role), identity, cert.serial_number, cert.not_valid_after_utc,
+        return cert
+
+    def issue(self, name: str, role: str, *, dns: Sequence[str] = (),
+              ips: Sequence[str] = (), days: int = 365, now: dt.datetime | None = None
+              ) -> IssuedCertificate:
+        """Generate a key *at the CA*, certify it and write its bundle under ``parties/<name>``.
+
+        The private key then has to travel to the site; :mod:`crypto.csr` avoids that.
+        """
+        self._check_request(name, role, dns, ips, days, renew=False)
+        bundle = self.party_dir(name)
+        self._archive_revoked_bundle(name, bundle)
+        key = ec.generate_private_key(ec.SECP256R1())
+        write_private_file(bundle / "key.pem", _pem(key))
+        cert = self.certify(key.public_key(), name, role, dns=dns, ips=ips, days=days, now=now, source="ca")
+        (bundle / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (bundle / "ca.pem").write_bytes(self.ca_cert_path.read_bytes())
+        return IssuedCertificate(name, cast(Role, role), make_identity(self.consortium, role, name),
+                                 cert.serial_number, cert.not_valid_after_utc,
                                  bundle / "cert.pem", bundle / "key.pem", bundle / "ca.pem")
 
     def _archive_revoked_bundle(self, name: str, bundle: Path) -> None:
@@ -273,12 +270,18 @@ class CertificateAuthority:
             if (bundle / file).exists():
                 os.replace(bundle / file, archive / file)
 
-    def revoke(self, name: str, *, now: dt.datetime | None = None) -> CertificateRecord:
-        """Revoke ``name``'s valid certificate and regenerate the CRL."""
-        entry = self._active(_check_name("name", name))
-        if entry is None:
+    def revoke(self, name: str, *, serial: int | None = None, now: dt.datetime | None = None) -> CertificateRecord:
+        """Revoke ``name``'s valid certificate (``serial`` picks one during a renewal overlap); new CRL."""
+        active = [e for e in self._active(_check_name("name", name))
+                  if serial is None or int(e["serial"], 16) == serial]
+        if not active:
             known = any(e["name"] == name for e in self._index["certificates"])
-            raise PKIError(f"{name!r}: {'already revoked' if known else 'no certificate issued to this name'}")
+            which = f"no valid certificate with serial {serial:x}" if serial is not None else "already revoked"
+            raise PKIError(f"{name!r}: {which if known else 'no certificate issued to this name'}")
+        if len(active) > 1:
+            raise PKIError(f"{name!r} holds {len(active)} valid certificates (serials "
+                           f"{', '.join(e['serial'] for e in active)}); name one with --serial")
+        entry = active[0]
         entry["revoked_at"] = _utc(now).isoformat()
         self._save_index()
         self.refresh_crl(now=now)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from mor_cli.errors import CommandError
 
-COMMAND_MODULES = ("ca", "policy", "audit", "data", "client", "server", "keyholder", "demo", "eval", "bench")
+COMMAND_MODULES = ("ca", "policy", "audit", "data", "model", "client", "server", "keyholder", "demo", "eval", "bench")
 
 __all__ = ["CommandError", "build_parser", "main"]
 

@@ -9,6 +9,12 @@ Only answer tokens (and the end-of-turn token) are supervised; prompt and image 
 masked. Each example is encoded exactly as generation sees it (rendered prompt through the
 processor, then the answer's token ids appended), so there is no train/generate mismatch.
 
+For a pretrained language model (``train = "vision"``) only the vision tower and connector
+learn, plus optional LoRA on the language model's attention (``lora_r > 0``), merged into the
+weights before saving so the result is still an ordinary checkpoint: a full pass at these
+learning rates would overwrite what the language model knows. ``held_out`` examples are
+scored (mean answer-token loss) before and after, so a user sees whether it generalised.
+
 Results are cached: the output directory name is a hash of the base checkpoint's files, the
 settings and the examples, and a finished run writes ``warm_start.json`` last, so a second
 call with the same inputs returns at once and a crashed run is never mistaken for a result.
@@ -23,9 +29,9 @@ import math
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -50,6 +56,8 @@ class WarmStartConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     seed: int = 0
+    train: Literal["all", "vision"] = "all"  # "vision": tower + connector only, the language model frozen
+    lora_r: int = 0  # > 0: LoRA on the language model's attention, merged before saving
 
     @classmethod
     def default(cls) -> WarmStartConfig:
@@ -63,6 +71,8 @@ class WarmStartConfig:
         for name in ("steps", "batch_size"):
             if getattr(self, name) < 1:
                 raise WarmStartError(f"WarmStartConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.train not in ("all", "vision") or self.lora_r < 0:
+            raise WarmStartError(f"WarmStartConfig: train={self.train!r} / lora_r={self.lora_r} not understood")
         if not (0 < self.learning_rate < 1):
             raise WarmStartError(f"WarmStartConfig.learning_rate must be in (0, 1), got {self.learning_rate}")
 
@@ -75,6 +85,7 @@ class WarmStartResult:
     cached: bool
     losses: list[float]
     seconds: float
+    held_out: dict[str, float] = field(default_factory=dict)  # loss_before / loss_after on held-out examples
 
 
 def _cache_key(model_dir: Path, examples: Sequence[tuple[Prompt, str]], config: WarmStartConfig) -> str:
@@ -140,6 +151,7 @@ def warm_start(
     out_dir: Path,
     config: WarmStartConfig | None = None,
     show_progress: bool = True,
+    held_out: Sequence[tuple[Prompt, str]] = (),
 ) -> WarmStartResult:
     """Supervised pass of ``model_dir`` on (prompt, good answer) pairs; result under ``out_dir``.
 
@@ -153,17 +165,21 @@ def warm_start(
     if not model_dir.is_dir():
         raise WarmStartError(f"{model_dir}: no such checkpoint directory")
     started = time.perf_counter()
-    key = _cache_key(model_dir, examples, config)
+    key = _cache_key(model_dir, [*examples, *held_out], config)
     final = Path(out_dir) / f"warm-{key[:16]}"
     if (final / MARKER).is_file():
         record = json.loads((final / MARKER).read_text(encoding="utf-8"))
-        return WarmStartResult(final, True, list(record["losses"]), time.perf_counter() - started)
+        return WarmStartResult(final, True, list(record["losses"]), time.perf_counter() - started,
+                               dict(record.get("held_out") or {}))
 
     torch.manual_seed(config.seed)
     vlm = load_vlm(model_dir)
-    model, processor = vlm.model, vlm.processor
+    model, processor = _trainable(vlm.model, config), vlm.processor
     encoded = [_encode_example(processor, p, a) for p, a in tqdm(examples, desc="encode", disable=not show_progress)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    held = [_encode_example(processor, p, a) for p, a in held_out]
+    scores = {"loss_before": _mean_loss(model, held, processor.tokenizer.pad_token_id)} if held else {}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     losses: list[float] = []
@@ -179,18 +195,62 @@ def warm_start(
             raise WarmStartError(f"loss became {loss.item()} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         losses.append(float(loss.item()))
         progress.set_postfix(loss=f"{losses[-1]:.3f}")
 
+    if held:
+        scores["loss_after"] = _mean_loss(model, held, processor.tokenizer.pad_token_id)
+    if config.lora_r > 0:
+        model = model.merge_and_unload()  # an ordinary checkpoint again
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     model.eval()
     model.save_pretrained(staging)
     processor.save_pretrained(staging)
-    record = {"base": str(model_dir), "key": key, "config": asdict(config), "examples": len(examples), "losses": losses}
+    record = {"base": str(model_dir), "key": key, "config": asdict(config), "examples": len(examples), "losses": losses,
+              "held_out": scores, "held_out_examples": len(held)}
     (staging / MARKER).write_text(json.dumps(record), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    return WarmStartResult(final, False, losses, time.perf_counter() - started)
+    return WarmStartResult(final, False, losses, time.perf_counter() - started, scores)
+
+
+_LANGUAGE_PARTS = ("language_model", "text_model", "lm_head")
+
+
+def _trainable(model: Any, config: WarmStartConfig) -> Any:
+    """Freeze what ``config.train`` keeps fixed; wrap the language model's attention in LoRA if asked."""
+    if config.train == "vision":
+        for name, param in model.named_parameters():
+            param.requires_grad = not any(part in name for part in _LANGUAGE_PARTS)
+    if config.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        from server.vlm.families import default_lora_targets
+
+        targets = default_lora_targets(model, model.config.model_type)
+        # modules_to_save keeps the tower/connector trainable inside the PEFT wrapper
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=2 * config.lora_r,
+                                                 target_modules=targets, lora_dropout=0.0))
+        for name, param in model.named_parameters():
+            if any(name.endswith(t) for t in trainable):
+                param.requires_grad = True
+    return model
+
+
+@torch.no_grad()
+def _mean_loss(model: Any, encoded: Sequence[dict[str, torch.Tensor]], pad_id: int, batch_size: int = 8) -> float:
+    """Mean answer-token loss over ``encoded`` (teacher forcing), in eval mode."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        batch = {k: v.to(model.device) for k, v in _collate(chunk, pad_id).items()}
+        total += float(model(**batch).loss) * len(chunk)
+        count += len(chunk)
+    model.train(was_training)
+    return total / max(count, 1)

@@ -58,6 +58,7 @@ from crypto.errors import CryptoError
 from crypto.key_binding import bind_signing_key
 from crypto.signing import SigningKey, VerifyKey
 from crypto.tls import client_ssl_context
+from crypto.tls_reload import TlsReloader
 from wire.messages import EnrolRequest, EnrolResponse, PrivacyMode, ScoringTask, Submission
 
 log = logging.getLogger(__name__)
@@ -109,11 +110,13 @@ class Agent:
         signing_key = SigningKey.load(config.signing_key_path)
         model, report = load_trained(config, signing_key, identity=identity)
         net, tls = config.network, config.tls
+        context = client_ssl_context(tls.cert, tls.key, tls.ca, tls.crl)
         channel = ServerChannel(
-            config.agent.server_url, client_ssl_context(tls.cert, tls.key, tls.ca, tls.crl),
+            config.agent.server_url, context,
             ServerPin(config.agent.server_identity, config.agent.server_cert_sha256),
             retry=RetryPolicy(net.max_attempts, net.retry_base_s, net.retry_max_s),
-            timeout=httpx.Timeout(net.read_timeout_s, connect=net.connect_timeout_s))
+            timeout=httpx.Timeout(net.read_timeout_s, connect=net.connect_timeout_s),
+            reloader=TlsReloader(context, cert=tls.cert, key=tls.key, crl=tls.crl, label=identity))
         audit = AuditLog.open(config.audit_dir, signing_key=signing_key, origin=identity, now=clock)
         try:
             ledger = TaskLedger.open(config.ledger_path)

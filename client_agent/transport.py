@@ -11,6 +11,11 @@ Trust, in order, on **every new connection**:
    inside the connection set-up — on the ``ssl_object`` of httpcore's network stream, right
    after the handshake — so not one request byte reaches a server that fails it.
 
+Certificate renewal: with a :class:`~crypto.tls_reload.TlsReloader`, every request first checks
+the certificate, key and CRL files; after a renewal the pool is replaced, so the next request
+opens a new connection presenting the new certificate (requests in flight finish on the old one)
+and the old certificate can be revoked at once.
+
 Retries (:class:`RetryPolicy`): network errors, 5xx and 429 are retried with exponential
 backoff and jitter; 4xx never are (:class:`~client_agent.errors.ServerRefusedError`), nor is
 a pin mismatch. Every endpoint the agent calls is safe to repeat: submissions are idempotent
@@ -39,6 +44,7 @@ from client_agent.errors import (
     ServerRefusedError,
     ServerUnreachableError,
 )
+from crypto.tls_reload import TlsReloader
 from wire.messages import (
     Ack,
     CalibrationReport,
@@ -166,10 +172,20 @@ class ServerChannel:
     stop: threading.Event = field(default_factory=threading.Event)
     rng: random.Random = field(default_factory=random.SystemRandom)
     transport: httpx.BaseTransport | None = None
+    reloader: TlsReloader | None = None
 
     def __post_init__(self) -> None:
-        self._client = httpx.Client(base_url=self.base_url, timeout=self.timeout, trust_env=False,
-                                    transport=self.transport or PinnedTransport(self.ssl_context, self.pin))
+        self._client = self._new_client()
+
+    def _new_client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, timeout=self.timeout, trust_env=False,
+                            transport=self.transport or PinnedTransport(self.ssl_context, self.pin))
+
+    def _reload(self) -> None:
+        """After a certificate renewal on disk, drop pooled connections so the next one presents it."""
+        if self.reloader is not None and self.reloader.refresh() and self.transport is None:
+            old, self._client = self._client, self._new_client()
+            old.close()
 
     def close(self) -> None:
         self._client.close()
@@ -180,6 +196,7 @@ class ServerChannel:
         attempt = 0
         while True:
             attempt += 1
+            self._reload()
             try:
                 reply = self._client.request(method, path, json=json, params=params,
                                              timeout=timeout or self.timeout)

@@ -1,8 +1,9 @@
 """The safe cryptography API of MoR-Secure: everything ``server/`` and ``client_agent/`` may use.
 
 TenSEAL contexts, ``cryptography`` primitives and raw keys stay inside this package; callers
-get recipes: issue/revoke certificates, build mTLS contexts, seal/open signed score
-envelopes, sign/verify statements. Errors form one tree (see :mod:`crypto.errors`).
+get recipes: issue/revoke certificates (or sign a site's CSR, :mod:`crypto.csr`), build and
+reload mTLS contexts, seal/open signed score envelopes, sign/verify statements. Errors form
+one tree (see :mod:`crypto.errors`).
 """
 
 from crypto.canonical import canonical_json
@@ -15,6 +16,7 @@ from crypto.ckks import (
     load_public_context,
     weighted_sum,
 )
+from crypto.crl_health import CrlHealth, crl_health, read_crl_health
 from crypto.envelope import (
     Envelope,
     OpenedEnvelope,
@@ -39,6 +41,7 @@ from crypto.pki import (
 )
 from crypto.signing import SigningKey, VerifyKey, write_private_file
 from crypto.tls import client_ssl_context, peer_identity, server_ssl_context
+from crypto.tls_reload import TlsReloader
 
 __all__ = [
     "HE_STANDARD_MAX_MODULUS_BITS",
@@ -47,6 +50,7 @@ __all__ = [
     "CKKSParameters",
     "CertificateAuthority",
     "CertificateRecord",
+    "CrlHealth",
     "CryptoError",
     "Envelope",
     "IntegrityError",
@@ -62,9 +66,11 @@ __all__ = [
     "Role",
     "SealedVector",
     "SigningKey",
+    "TlsReloader",
     "VerifyKey",
     "canonical_json",
     "client_ssl_context",
+    "crl_health",
     "identity_of",
     "init_ca",
     "load_public_context",
@@ -72,6 +78,7 @@ __all__ = [
     "open_envelope",
     "parse_identity",
     "peer_identity",
+    "read_crl_health",
     "role_of",
     "seal_scores",
     "server_ssl_context",

@@ -3,7 +3,8 @@
 No system roots are loaded: a certificate from any public CA is a stranger here. With a
 CRL, OpenSSL checks the peer's (leaf) certificate against it and *fails closed* when the
 CRL is missing or expired — which is why the CA refreshes its CRL on every revocation.
-A context reads the CRL once: after a revocation, build a new context (or restart) to see it.
+A context reads its files once: :class:`crypto.tls_reload.TlsReloader` loads a renewed
+certificate or a refreshed CRL into a live one.
 """
 
 from __future__ import annotations

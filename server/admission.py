@@ -1,14 +1,16 @@
 """Who is calling, and may they? Identity from the verified certificate, never from a header.
 
 The TLS handshake already proved the peer holds a key certified by the consortium CA (and
-checked the CRL as it was at start-up). Per request, on top of that:
+checked the CRL as last reloaded, see :mod:`crypto.tls_reload`). Per request, on top of that:
 
 * the identity is the certificate's one ``mor://<consortium>/<role>/<name>`` URI SAN;
 * the certificate's serial is checked against the CRL **file** as it is *now*: the file is
   re-read (and its signature checked against the CA) whenever its inode, size or mtime
   changes, so a revocation takes effect on the next request — also on connections that were
   opened before it — with no restart. A CRL that is unreadable, forged or expired fails
-  closed (503), like OpenSSL does at the handshake;
+  closed (503), like OpenSSL does at the handshake, and an expired one is logged as an error;
+  within 7 days of its next update a warning is logged and :meth:`RevocationList.health`
+  shows the date on the status page;
 * the admission policy: an explicit allow-list of identities, or every certified member;
 * a per-identity token-bucket rate limit.
 """
@@ -16,6 +18,7 @@ checked the CRL as it was at start-up). Per request, on top of that:
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
 import time
@@ -25,11 +28,13 @@ from pathlib import Path
 
 from cryptography import x509
 
+from crypto.crl_health import CrlHealth, crl_health
 from crypto.errors import PKIError
 from crypto.pki import identity_of, parse_identity
 from server.rejections import Rejection
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class RevocationList:
         self._stamp: tuple[int, int, int] | None = None
         self._crl: x509.CertificateRevocationList | None = None
         self._error = "not loaded yet"
+        self._expired_logged_at = float("-inf")
 
     def _load(self) -> None:
         try:
@@ -74,6 +80,15 @@ class RevocationList:
             self._crl, self._error = None, f"{self.crl_path}: not signed by the consortium CA"
             return
         self._crl, self._error = crl, ""
+        health = self.health()
+        if health is not None and health.warning:
+            log.warning("%s", health.warning)
+
+    def health(self) -> CrlHealth | None:
+        """Next update of the CRL in use and the warning due (7 days ahead); None while it is unusable."""
+        crl = self._crl
+        now = dt.datetime.fromtimestamp(self._now(), dt.UTC)
+        return crl_health(crl, now=now, source=f"CRL {self.crl_path}") if crl is not None else None
 
     def is_revoked(self, serial: int) -> bool:
         """True if ``serial`` is on the current CRL; Rejection 503 if the CRL cannot be trusted."""
@@ -84,6 +99,10 @@ class RevocationList:
             raise Rejection(503, "crl_unavailable", f"revocation list unusable, failing closed: {error}")
         next_update = crl.next_update_utc
         if next_update is not None and next_update < dt.datetime.fromtimestamp(self._now(), dt.UTC):
+            if self._now() - self._expired_logged_at >= 60:  # loud, but once a minute, not per request
+                self._expired_logged_at = self._now()
+                log.error("REVOCATION LIST EXPIRED at %s: every request is refused (503) until a fresh %s is "
+                          "installed (mor ca crl)", next_update.isoformat(), self.crl_path)
             raise Rejection(503, "crl_unavailable", f"{self.crl_path}: revocation list expired at {next_update}")
         return crl.get_revoked_certificate_by_serial_number(serial) is not None
 

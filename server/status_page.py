@@ -62,6 +62,8 @@ class StatusSnapshot(ServerStatus):
     router: RouterWeightsView | None
     datasets: list[DatasetView] = []
     member_health: list[MemberHealthView] = []
+    crl_next_update: float | None = None  # the consortium CRL in use expires then: every connection fails after it
+    crl_warning: str | None = None  # set within 7 days of that time, and after it
 
 
 _STYLE = """
@@ -130,6 +132,8 @@ def render_status_page(status: StatusSnapshot) -> str:
         ["current round", escape(status.current_round or "none")],
         ["audit log size", str(status.audit_size)],
         ["audit root (sha256)", f"<code>{escape(status.audit_root_sha256)}</code>"],
+        ["CRL next update", escape(_when(status.crl_next_update)) + (
+            f" <span class='off'>{escape(status.crl_warning)}</span>" if status.crl_warning else "")],
     ]
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

@@ -26,6 +26,7 @@ from crypto.errors import CryptoError
 from crypto.pki import parse_identity
 from crypto.signing import SigningKey
 from crypto.tls import server_ssl_context
+from crypto.tls_reload import TlsReloader
 from policies import Policy, PolicyError, load_policy
 from server.admission import AdmissionControl, RateLimiter, RevocationList
 from server.audit_trail import AuditLogTrail
@@ -88,9 +89,12 @@ class ServerRuntime:
     services: Services
     audit: AuditLogTrail
     ssl_context: ssl.SSLContext
+    tls_reloader: TlsReloader | None = None  # renewed certificate and refreshed CRL, without a restart
 
     def close(self) -> None:
         """Release the mode's key-holder connection, sign the final audit checkpoint and release the log."""
+        if self.tls_reloader is not None:
+            self.tls_reloader.stop()
         self.services.privacy.close()
         self.audit.close()
 
@@ -135,7 +139,9 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         if isinstance(exc, CryptoError | OSError):
             raise ConfigError(f"{config.source}: {exc}") from None
         raise
-    return ServerRuntime(config=config, policy=policy, services=services, audit=audit, ssl_context=context)
+    reloader = TlsReloader(context, cert=config.tls.cert, key=config.tls.key, crl=config.tls.crl, label="server")
+    return ServerRuntime(config=config, policy=policy, services=services, audit=audit, ssl_context=context,
+                         tls_reloader=reloader.watch())
 
 
 @dataclass
@@ -146,8 +152,11 @@ class KeyHolderRuntime:
     services: KeyHolderServices
     audit: AuditLogTrail
     ssl_context: ssl.SSLContext
+    tls_reloader: TlsReloader | None = None
 
     def close(self) -> None:
+        if self.tls_reloader is not None:
+            self.tls_reloader.stop()
         self.audit.close()
 
 
@@ -191,7 +200,9 @@ def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
     audit.record("keyholder", "keyholder.per_agent_policy", {
         "policy": str(section.policy) if section.policy else None,
         "public_rounds_per_agent": public_rounds is not None and public_rounds.enabled})
-    return KeyHolderRuntime(config=config, services=services, audit=audit, ssl_context=context)
+    reloader = TlsReloader(context, cert=config.tls.cert, key=config.tls.key, crl=config.tls.crl, label="keyholder")
+    return KeyHolderRuntime(config=config, services=services, audit=audit, ssl_context=context,
+                            tls_reloader=reloader.watch())
 
 
 __all__ = ["KeyHolderRuntime", "ServerRuntime", "load_consortium_policy", "open_audit",

@@ -54,6 +54,7 @@ def server_status(services: Services) -> StatusSnapshot:
     counts = state.round_counts()
     head = services.audit.checkpoint()
     router = state.current_router_weights()
+    crl = services.admission.revocations.health()
     return StatusSnapshot(
         consortium=policy.consortium, privacy_mode=policy.privacy_mode, policy_digest=policy.digest, agents=agents,
         rounds_completed=counts["fused"], rounds_collected=counts["collected"], rounds_skipped=counts["skipped"],
@@ -66,6 +67,8 @@ def server_status(services: Services) -> StatusSnapshot:
         member_health=[MemberHealthView(agent=a, consecutive_failures=h["failures"],
                                         quarantined_until=h["quarantined_until"], reason=h["reason"])
                        for a, h in sorted(state.member_health().items()) if h["failures"]],
+        crl_next_update=crl.next_update.timestamp() if crl and crl.next_update else None,
+        crl_warning=crl.warning if crl else "revocation list unusable: every connection is refused",
     )
 
 

@@ -4,7 +4,7 @@ The server is not trusted to respect the member's limits, so the agent checks ea
 against its own copy of the consortium policy and its local limits before scoring it; a
 refusal is recorded in the agent's ledger and audit log with one of these codes:
 ``privacy_mode_mismatch``, ``round_kind_mismatch``, ``per_agent_not_allowed``,
-``task_too_large``, ``daily_cap``, ``task_expired``.
+``not_a_public_set``, ``task_too_large``, ``daily_cap``, ``task_expired``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from client_agent.errors import LocalPolicyRefusal
-from wire.messages import ScoringTask
+from wire.messages import ScoringTask, payload_digest
+
+
+def task_payload_digest(task: ScoringTask) -> str:
+    """What this task asks us to score, named by digest (signed into the envelope; see ``payload_digest``)."""
+    return payload_digest(task.kind, task.prompts, task.items)
 
 
 def check_task_allowed(task: ScoringTask, *, session_mode: str, policy: Any, limits: Any, scored_today: int,
@@ -33,6 +38,11 @@ def check_task_allowed(task: ScoringTask, *, session_mode: str, policy: Any, lim
     if task.privacy_mode == "fused-only" and task.kind != "score" and not policy.privacy.public_rounds_per_agent:
         raise LocalPolicyRefusal("per_agent_not_allowed", f"a {task.kind!r} round would open our scores one by "
                                  "one; the consortium policy does not set privacy.public_rounds_per_agent")
+    if task.privacy_mode == "fused-only" and task.kind != "score" and \
+            task_payload_digest(task) not in policy.privacy.public_round_digests:
+        raise LocalPolicyRefusal("not_a_public_set", f"a {task.kind!r} round whose content is not one of the public "
+                                 "rounds the consortium policy publishes (privacy.public_round_digests): its "
+                                 "per-agent scores could be opened, so it is not scored")
     if n > limits.max_items_per_task or n > policy.scores.max_vector_length:
         raise LocalPolicyRefusal("task_too_large", f"{n} items; the local limit is {limits.max_items_per_task} "
                                  f"(policy max_vector_length {policy.scores.max_vector_length})")

@@ -108,7 +108,7 @@ def calibrate(model: RewardModel, prompts: Sequence[PromptPayload], items: Seque
 
 def seal_for_mode(values: Sequence[float], mode: PrivacyMode, context: PublicContext | None, *,
                   signing_key: SigningKey, sender: str, round_id: str, task_id: str,
-                  now: float | None = None) -> Envelope:
+                  now: float | None = None, payload_sha256: str | None = None) -> Envelope:
     """The signed envelope the privacy mode asks for: CKKS-sealed, or (``tls-only`` only) plain.
 
     One place decides, so no caller can send clear scores under ``ckks``/``fused-only`` by
@@ -119,4 +119,4 @@ def seal_for_mode(values: Sequence[float], mode: PrivacyMode, context: PublicCon
                                  now=now)
     assert context is not None, f"privacy mode {mode!r} needs the server's public CKKS context"
     return seal_scores(values, context, signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
-                       now=now)
+                       now=now, payload_sha256=payload_sha256)

@@ -2,6 +2,7 @@
 
     mor server serve --config server.toml                          the HTTP API alone
     mor server run   --config server.toml --training training.toml  the API and the training run
+    mor server public-digests --training training.toml              what a fused-only policy publishes
 
 Both stop gracefully on SIGTERM/SIGINT (open long-polls released at once, final signed audit
 checkpoint, exit 0); ``run`` first lets the GRPO step in flight finish and checkpoints it, and
@@ -59,9 +60,31 @@ def _run(args: argparse.Namespace) -> int:
                                 keep_serving=args.keep_serving), args.log_level)
 
 
+def _digest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--training", required=True, help="the training TOML the server will run with")
+
+
+def _public_digests(args: argparse.Namespace) -> int:
+    """Print the [privacy] line a fused-only policy needs so members and the key holder open these rounds only."""
+    from server.trainer import load_training_config
+    from server.training_data import public_round_digests
+
+    def show() -> None:
+        config = load_training_config(args.training)
+        digests = public_round_digests(config.data, n_calibration=config.n_calibration,
+                                       n_public_pairs=config.n_public_pairs, seed=config.seed)
+        for kind, digest in digests.items():
+            print(f"# {kind} round: {digest}")
+        print("public_round_digests = [" + ", ".join(f'"{d}"' for d in digests.values()) + "]")
+
+    return _guarded(show, "warning")
+
+
 ACTIONS: dict[str, tuple[str, AddArguments, Handler]] = {
     "serve": ("serve the HTTP API over mutual TLS", _common_arguments, _serve),
     "run": ("serve the API and run the training run in one process", _run_arguments, _run),
+    "public-digests": ("print privacy.public_round_digests for a training setup (fused-only)", _digest_arguments,
+                       _public_digests),
 }
 
 

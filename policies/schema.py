@@ -94,6 +94,17 @@ class Privacy(_Section):
     # fused-only: may the key holder release each agent's scores on the PUBLIC calibrate/router
     # rounds (never score rounds) to the server, so calibration is measured and the router fitted?
     public_rounds_per_agent: bool = False
+    # ... and only for these rounds: SHA-256 of each public round's exact content (prompts, images,
+    # answers; wire.messages.payload_digest, printed by `mor server public-digests`). Members sign
+    # the digest of what they scored; they and the key holder refuse any other "public" round.
+    public_round_digests: list[str] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _digests_are_sha256(self) -> Privacy:
+        for i, digest in enumerate(self.public_round_digests):
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise rule(f"privacy.public_round_digests[{i}]", f"{digest!r} is not a lowercase hex SHA-256")
+        return self
 
     @model_validator(mode="after")
     def _lifetime_holds_one_training(self) -> Privacy:

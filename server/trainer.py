@@ -53,10 +53,12 @@ from server.state import StateStore
 from server.training_data import (
     DataSection,
     LoadedSet,
+    calibration_round,
     load_calibration,
     load_prompts,
     load_router_pairs,
     record_loaded,
+    router_round,
 )
 from wire.calibration import IDENTITY, Calibration, CalibrationError, calibration_refusal
 
@@ -145,7 +147,7 @@ def calibrate(coordinator: RoundCoordinator, services: Services, config: Trainin
         batch, loaded = data or load_calibration(config.data, n=config.n_calibration, seed=config.seed)
         record_loaded(loaded, audit=services.audit, state=services.state, actor=coordinator.actor,
                       now=services.clock())
-        result = coordinator.run_round("calibrate", [p for p, _ in batch], [(i, r) for i, (_, r) in enumerate(batch)])
+        result = coordinator.run_round("calibrate", *calibration_round(batch))
         for agent, values in (result.vectors or {}).items():
             try:
                 scale = Calibration.measure(values)
@@ -180,11 +182,7 @@ def fit_router_on_public_pairs(coordinator: RoundCoordinator, calibrations: dict
     pairs, loaded = data or load_router_pairs(config.data, n=config.n_public_pairs, seed=config.seed)
     record_loaded(loaded, audit=coordinator.audit, state=coordinator.state, actor=coordinator.actor,
                   now=coordinator.clock())
-    prompts = list({p.prompt.prompt_id: p.prompt for p in pairs}.values())
-    index = {p.prompt_id: i for i, p in enumerate(prompts)}
-    items = [item for p in pairs for item in ((index[p.prompt.prompt_id], p.chosen),
-                                             (index[p.prompt.prompt_id], p.rejected))]
-    result = coordinator.run_round("router", prompts, items)
+    result = coordinator.run_round("router", *router_round(pairs))
     if result.vectors is None:
         raise TrainingError(f"router round {result.round_id} skipped: {result.reason}")
     agents = sorted(result.vectors)

@@ -37,6 +37,7 @@ from server.config import FrozenConfig
 from server.errors import ConfigError
 from server.services import AuditTrail
 from server.state import StateStore
+from wire.messages import TaskItem, TaskKind, TaskPayload
 
 
 class DataSection(FrozenConfig):
@@ -123,10 +124,44 @@ def load_router_pairs(section: DataSection, *, n: int, seed: int) -> tuple[list[
     return list(dataset.pairs), LoadedSet("router_pairs", _dataset_summary(dataset.info.summary()))
 
 
+Items = list[tuple[int, str]]
+
+
+def calibration_round(batch: Sequence[tuple[Prompt, str]]) -> tuple[list[Prompt], Items]:
+    """The calibrate round's prompts and items, in the one order its published digest is computed in."""
+    return [p for p, _ in batch], [(i, answer) for i, (_, answer) in enumerate(batch)]
+
+
+def router_round(pairs: Sequence[PreferencePair]) -> tuple[list[Prompt], Items]:
+    """The router round: each prompt once, then chosen and rejected of every pair (chosen at even items)."""
+    prompts = list({p.prompt.prompt_id: p.prompt for p in pairs}.values())
+    index = {p.prompt_id: i for i, p in enumerate(prompts)}
+    return prompts, [item for p in pairs for item in ((index[p.prompt.prompt_id], p.chosen),
+                                                     (index[p.prompt.prompt_id], p.rejected))]
+
+
+def round_digest(kind: TaskKind, prompts: Sequence[Prompt], items: Items) -> str:
+    """What a member will compute for this round's task and sign (``wire.messages.payload_digest``)."""
+    from server.rounds import prompt_payload
+
+    return TaskPayload(kind=kind, prompts=[prompt_payload(p) for p in prompts],
+                       items=[TaskItem(prompt_index=i, response=r) for i, r in items]).digest()
+
+
+def public_round_digests(section: DataSection, *, n_calibration: int, n_public_pairs: int, seed: int
+                         ) -> dict[str, str]:
+    """The digests a fused-only policy publishes in ``privacy.public_round_digests`` for this training setup."""
+    batch, _ = load_calibration(section, n=n_calibration, seed=seed)
+    pairs, _ = load_router_pairs(section, n=n_public_pairs, seed=seed)
+    return {"calibrate": round_digest("calibrate", *calibration_round(batch)),
+            "router": round_digest("router", *router_round(pairs))}
+
+
 def record_loaded(loaded: LoadedSet, *, audit: AuditTrail, state: StateStore, actor: str, now: float) -> None:
     """``data.loaded`` in the audit log, and the same summary in the state store for the status page."""
     audit.record(actor, "data.loaded", {"role": loaded.role, **loaded.summary})
     state.set_dataset(loaded.role, loaded.summary, now=now)
 
 
-__all__ = ["DataSection", "LoadedSet", "load_calibration", "load_prompts", "load_router_pairs", "record_loaded"]
+__all__ = ["DataSection", "LoadedSet", "calibration_round", "load_calibration", "load_prompts", "load_router_pairs",
+           "public_round_digests", "record_loaded", "round_digest", "router_round"]

@@ -6,7 +6,7 @@ import pytest
 
 from client_agent.config import LimitsSection
 from client_agent.errors import LocalPolicyRefusal
-from client_agent.local_policy import check_task_allowed
+from client_agent.local_policy import check_task_allowed, task_payload_digest
 from policies import builtin_policy_path, load_policy
 from wire.messages import ScoringTask, TaskItem
 
@@ -31,9 +31,16 @@ def _code(task: ScoringTask, policy, *, session_mode: str | None = None, scored_
     return None
 
 
+def _publishing(policy, *tasks: ScoringTask):  # type: ignore[no-untyped-def]
+    """The policy with these tasks' contents published as the consortium's public rounds."""
+    digests = [task_payload_digest(t) for t in tasks]
+    return policy.model_copy(update={"privacy": policy.privacy.model_copy(update={"public_round_digests": digests})})
+
+
 def test_allowed_tasks_pass() -> None:
     assert _code(_task("score", "score-abc", "fused-only"), HEALTHCARE) is None
-    assert _code(_task("router", "router-abc", "fused-only"), HEALTHCARE) is None  # healthcare opts in
+    public = _task("router", "router-abc", "fused-only")
+    assert _code(public, _publishing(HEALTHCARE, public)) is None  # healthcare opts in; this set is published
     assert _code(_task("calibrate", "calibrate-abc", "ckks"), FINANCE) is None
 
 
@@ -43,6 +50,18 @@ def test_a_round_id_that_hides_the_task_kind_is_refused() -> None:
     assert _code(_task("router", "score-abc", "fused-only"), HEALTHCARE) == "round_kind_mismatch"
     assert _code(_task("score", "router-abc", "fused-only"), HEALTHCARE) == "round_kind_mismatch"
     assert _code(_task("score", "abc", "ckks"), FINANCE) == "round_kind_mismatch"
+
+
+def test_a_public_round_whose_content_is_not_published_is_refused() -> None:
+    # a dishonest server sends GRPO completions as a "router" round so the key holder would open
+    # our scores one by one: the agent scores only content the consortium published as public
+    published = _task("router", "router-abc", "fused-only")
+    policy = _publishing(HEALTHCARE, published)
+    completions = _task("router", "router-def", "fused-only", n=5)
+    assert _code(completions, policy) == "not_a_public_set"
+    assert _code(_task("calibrate", "calibrate-abc", "fused-only"), HEALTHCARE) == "not_a_public_set"  # none listed
+    assert _code(published, policy) is None
+    assert _code(_task("calibrate", "calibrate-abc", "ckks"), FINANCE) is None  # ckks: the server decrypts anyway
 
 
 def test_fused_only_without_the_opt_in_refuses_public_rounds_per_agent() -> None:

@@ -58,16 +58,21 @@ def _agent(pki: TestPKI, name: str) -> tuple[str, SigningKey, dict[str, str]]:
     return party.identity, key, binding
 
 
+PUBLIC_SET = "ab" * 32  # the digest of a public round's content, as the policy publishes it
+
+
 def _gate(pki: TestPKI, owner: CKKSKeyOwner, *, enabled: bool = True) -> PublicRoundGate:
     from server.admission import RevocationList
 
     return PublicRoundGate(enabled=enabled, ca_cert=pki.ca_cert, is_revoked=RevocationList(pki.crl, pki.ca_cert)
-                           .is_revoked, context_sha256=owner.public_context.sha256, policy_source="policy.toml")
+                           .is_revoked, context_sha256=owner.public_context.sha256, policy_source="policy.toml",
+                           public_round_digests=frozenset({PUBLIC_SET}))
 
 
-def _envelope(owner: CKKSKeyOwner, key: SigningKey, sender: str, round_id: str) -> Envelope:
+def _envelope(owner: CKKSKeyOwner, key: SigningKey, sender: str, round_id: str,
+              payload_sha256: str | None = PUBLIC_SET) -> Envelope:
     return seal_scores([0.25, -1.5, 3.0], owner.public_context, signing_key=key, sender=sender, round_id=round_id,
-                       task_id=f"{round_id}-t1")
+                       task_id=f"{round_id}-t1", payload_sha256=payload_sha256)
 
 
 def _refusal(gate: PublicRoundGate, envelope: dict[str, Any], binding: Any) -> Rejection:
@@ -90,6 +95,20 @@ def test_score_round_envelope_is_refused_even_when_genuine(pki: TestPKI, owner: 
     refusal = _refusal(_gate(pki, owner), _envelope(owner, key, identity, "score-4567").to_dict(), binding)
     assert (refusal.status, refusal.code) == (403, "not_public_round")
     assert "'score-4567' is a 'score' round" in refusal.message and identity in refusal.message
+
+
+def test_a_relabelled_round_whose_content_is_not_a_published_public_set_is_refused(
+        pki: TestPKI, owner: CKKSKeyOwner) -> None:
+    """A dishonest server names GRPO completions a router round; the member signed what it really scored."""
+    identity, key, binding = _agent(pki, "frank")
+    gate = _gate(pki, owner)
+    for signed in ("cd" * 32, None):  # the digest of the completions it was sent, or an old agent's none
+        refusal = _refusal(gate, _envelope(owner, key, identity, "router-feed", payload_sha256=signed).to_dict(),
+                           binding)
+        assert (refusal.status, refusal.code) == (403, "not_a_public_set") and "public_round_digests" in refusal.message
+    tampered = {**_envelope(owner, key, identity, "router-feed", payload_sha256="cd" * 32).to_dict(),
+                "payload_sha256": PUBLIC_SET}  # swapping in the public digest breaks the member's signature
+    assert _refusal(gate, tampered, binding).code == "forged_envelope"
 
 
 def test_forged_envelopes_and_substituted_keys_are_refused(pki: TestPKI, owner: CKKSKeyOwner) -> None:

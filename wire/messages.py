@@ -38,6 +38,7 @@ Tasks are created by the round coordinator through ``StateStore.create_round`` w
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -156,6 +157,23 @@ class TaskPayload(WireModel):
     prompts: list[PromptPayload]
     items: list[TaskItem]
 
+    def digest(self) -> str:
+        """SHA-256 (hex) of exactly these prompts and items (see :func:`payload_digest`)."""
+        return payload_digest(self.kind, self.prompts, self.items)
+
+
+def payload_digest(kind: str, prompts: list[PromptPayload], items: list[TaskItem]) -> str:
+    """One name for a task's content: the kind, every prompt (image bytes included) and every item, in order.
+
+    The consortium publishes the digests of its public calibration and router rounds in the
+    policy (``privacy.public_round_digests``); a member recomputes this from the task it was
+    sent and signs it into its envelope, so a round is "public" because its content is, not
+    because its id says so.
+    """
+    body = {"kind": kind, "prompts": [p.model_dump(mode="json") for p in prompts],
+            "items": [i.model_dump(mode="json") for i in items]}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
 
 class DecryptFusedRequest(WireModel):
     round_id: str = Field(max_length=256, description="which round's fused reward this is (for the log)")
@@ -226,6 +244,8 @@ class AgentStatus(WireModel):
     online: bool
     last_seen: float | None
     submissions: int
+    lifetime_epsilon: float | None = None  # every DP training this member ran, composed (its signed report)
+    lifetime_budget: float | None = None  # the policy's privacy.lifetime_epsilon (None: no lifetime cap)
 
 
 class ServerStatus(WireModel):

@@ -13,7 +13,11 @@ is public; each check below stands on something the server cannot forge:
 3. the envelope's signature verifies with that key — the agent signed its ``round_id``;
 4. the signed ``round_id``'s kind prefix (``calibrate-`` / ``router-``, as
    :mod:`server.rounds` names rounds) is public — a ``score-`` round is refused;
-5. the ciphertexts are the signed ones, under this key holder's context.
+5. the envelope's signed ``payload_sha256`` — the digest of the exact prompts and answers the
+   member scored, which the member itself recomputed and checked — is one of the public rounds
+   the consortium policy publishes (``privacy.public_round_digests``): a round id can be
+   relabelled by a dishonest server, the content of a public set cannot;
+6. the ciphertexts are the signed ones, under this key holder's context.
 
 Every refusal is a :class:`~server.rejections.Rejection` (4xx, precise message; the app audits
 it as ``reject.<code>``). The decryption itself is counted apart from fused ones.
@@ -45,6 +49,7 @@ class PublicRoundGate:
     is_revoked: Callable[[int], bool]
     context_sha256: str
     policy_source: str = "no policy configured"
+    public_round_digests: frozenset[str] = frozenset()  # the policy's privacy.public_round_digests
     clock: Callable[[], float] = time.time
 
     def check(self, envelope: Any, key_binding: Any) -> tuple[Envelope, SealedVector]:
@@ -77,6 +82,11 @@ class PublicRoundGate:
             raise Rejection(403, "not_public_round",
                             f"{env.sender}: signed round_id {env.round_id!r} is a {kind!r} round; per-agent "
                             f"decryption is only for public rounds ({', '.join(PUBLIC_ROUND_KINDS)})")
+        if env.payload_sha256 is None or env.payload_sha256 not in self.public_round_digests:
+            raise Rejection(403, "not_a_public_set",
+                            f"{env.sender}: the signed content of round {env.round_id!r} "
+                            f"({(env.payload_sha256 or 'none')[:16]}…) is not a public round {self.policy_source} "
+                            f"publishes in privacy.public_round_digests ({len(self.public_round_digests)} listed)")
         if env.kind != "ckks" or env.context_sha256 != self.context_sha256:
             raise Rejection(400, "wrong_context",
                             f"{env.sender}: envelope is not sealed under this key holder's public context")

@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -47,7 +48,7 @@ from client_agent.errors import (
 )
 from client_agent.ledger import LedgerEntry, TaskLedger, utc_day
 from client_agent.local_model import load_trained, wire_privacy_report
-from client_agent.local_policy import check_task_allowed
+from client_agent.local_policy import check_task_allowed, task_payload_digest
 from client_agent.privacy_report import SignedPrivacyReport
 from client_agent.receipts import receipt_sha256, verify_receipt, verify_receipt_inclusion
 from client_agent.rewards.base import RewardModel
@@ -64,6 +65,17 @@ from wire.messages import EnrolRequest, EnrolResponse, PrivacyMode, ScoringTask,
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVER_KEY_META = "server_signing_key_b64"
+
+
+def open_agent_audit(directory: Path, signing_key: SigningKey, *, origin: str, policy: Any,
+                     now: Callable[[], float] = time.time) -> AuditLog:
+    """The agent's own log, signing a checkpoint every ``policy.audit.checkpoint_every`` entries.
+
+    Why the policy's interval and not only at shutdown: entries after the last checkpoint can be
+    cut without trace, so a log sealed only on close could be rolled back to its start.
+    """
+    return AuditLog.open(directory, signing_key=signing_key, origin=origin, now=now,
+                         checkpoint_every=policy.audit.checkpoint_every)
 
 
 class _Interrupted(BaseException):
@@ -117,15 +129,15 @@ class Agent:
             retry=RetryPolicy(net.max_attempts, net.retry_base_s, net.retry_max_s),
             timeout=httpx.Timeout(net.read_timeout_s, connect=net.connect_timeout_s),
             reloader=TlsReloader(context, cert=tls.cert, key=tls.key, crl=tls.crl, label=identity))
-        audit = AuditLog.open(config.audit_dir, signing_key=signing_key, origin=identity, now=clock)
+        policy = config.consortium_policy()
+        audit = open_agent_audit(config.audit_dir, signing_key, origin=identity, policy=policy, now=clock)
         try:
             ledger = TaskLedger.open(config.ledger_path)
         except BaseException:
             audit.close()
             raise
         return cls(config=config, identity=identity, signing_key=signing_key, model=model, report=report,
-                   channel=channel, audit=audit, ledger=ledger, policy=config.consortium_policy(), clock=clock,
-                   progress=progress)
+                   channel=channel, audit=audit, ledger=ledger, policy=policy, clock=clock, progress=progress)
 
     def close(self) -> None:
         """Final audit checkpoint; release the log, the ledger and the connections."""
@@ -262,7 +274,8 @@ class Agent:
         if outside:
             log.warning("task %s: %d raw scores outside the policy range [%s, %s]", task.task_id, outside, low, high)
         envelope = seal_for_mode(values, session.privacy_mode, session.context, signing_key=self.signing_key,
-                                 sender=self.identity, round_id=task.round_id, task_id=task.task_id, now=self.clock())
+                                 sender=self.identity, round_id=task.round_id, task_id=task.task_id, now=self.clock(),
+                                 payload_sha256=task_payload_digest(task))
         self.ledger.record_sealed(task_id=task.task_id, round_id=task.round_id, kind=task.kind, n_items=len(values),
                                   envelope=envelope.to_dict(), envelope_sha256=envelope.sha256(), now=now)
         self.record("task.sealed", task=task, digests={"envelope_sha256": envelope.sha256()},

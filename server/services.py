@@ -54,6 +54,8 @@ class ServicePolicy:
     envelope_max_age_s: float = 300.0
     online_window_s: float = 120.0
     insecure_reasons: tuple[str, ...] = ()
+    lifetime_epsilon: float | None = None  # every training a member runs, composed (None: no lifetime cap)
+    accountant: str = "prv"  # the Opacus accountant that composes them
     quarantine_after_failures: int = 3  # consecutive faulty rounds before a member is left out
     quarantine_s: float = 3600.0  # and for how long  # protections the policy switches off (recorded at start-up)
 

@@ -120,7 +120,10 @@ def render_status_page(status: StatusSnapshot) -> str:
     """The HTML page for one status snapshot."""
     agents = [[
         f"<code>{escape(a.agent)}</code>", escape(a.architecture),
-        f"{a.epsilon:.3g} / {a.epsilon_budget:.3g}", f"{a.delta:.2g}",
+        f"{a.epsilon:.3g} / {a.epsilon_budget:.3g}",
+        (f"{a.lifetime_epsilon:.3g}" if a.lifetime_epsilon is not None else "—")
+        + (f" / {a.lifetime_budget:.3g}" if a.lifetime_budget is not None else " (no cap)"),
+        f"{a.delta:.2g}",
         f"<span class='{'on' if a.online else 'off'}'>{'online' if a.online else 'offline'}</span>",
         escape(_when(a.last_seen)), str(a.submissions),
     ] for a in status.agents]
@@ -140,7 +143,8 @@ def render_status_page(status: StatusSnapshot) -> str:
         f"<title>MoR-Secure status: {escape(status.consortium)}</title><style>{_STYLE}</style></head><body>"
         f"<h1>MoR-Secure aggregation server</h1>{_table(['', ''], summary)}"
         f"<h2>Agents ({len(status.agents)})</h2>"
-        + _table(["agent", "architecture", "ε / budget", "δ", "state", "last seen", "submissions"], agents)
+        + _table(["agent", "architecture", "ε / budget", "lifetime ε / cap", "δ", "state", "last seen", "submissions"],
+                 agents)
         + "<h2>Router weights</h2>" + _router_section(status)
         + "<h2>Member health</h2>" + _health_section(status)
         + "<h2>Data the policy is aligned on</h2>" + _data_section(status)

@@ -23,7 +23,7 @@ from typing import Any
 from audit import AuditError
 from crypto.ckks import CKKSKeyOwner
 from crypto.errors import CryptoError
-from crypto.pki import parse_identity
+from crypto.pki import identity_of, parse_identity
 from crypto.signing import SigningKey
 from crypto.tls import server_ssl_context
 from crypto.tls_reload import TlsReloader
@@ -64,6 +64,7 @@ def service_policy_of(policy: Policy) -> ServicePolicy:
         insecure_reasons=tuple(policy.insecure_reasons()),
         public_rounds_per_agent=policy.privacy.public_rounds_per_agent,
         quarantine_after_failures=policy.rounds.quarantine_after_failures, quarantine_s=policy.rounds.quarantine_s,
+        lifetime_epsilon=policy.privacy.lifetime_epsilon, accountant=policy.privacy.accountant,
     )
 
 
@@ -109,6 +110,15 @@ def _check_crl(config: ServerConfig, policy: Policy) -> None:
                           f"checks ([tls].crl = {config.tls.crl} in {config.source}): name the same file in both")
 
 
+def _check_consortium(config: ServerConfig, policy: Policy) -> None:
+    """Refuse at start a policy for another consortium than the certificate's: it would refuse every member."""
+    identity = identity_of(config.tls.cert.read_bytes())
+    if parse_identity(identity)[0] != policy.consortium:
+        raise ConfigError(f"{config.server.policy}: the policy is for consortium {policy.consortium!r}, but the "
+                          f"server certificate ([tls].cert = {config.tls.cert} in {config.source}) is {identity}: "
+                          "every member would be refused; pair the policy with this consortium's certificate")
+
+
 def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntime:
     """Everything the app and the trainer need, from a loaded config; close the result at shutdown."""
     policy = load_consortium_policy(config.server.policy)
@@ -116,6 +126,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
     service = service_policy_of(policy)
     try:
         context = server_ssl_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
+        _check_consortium(config, policy)
         signing_key = SigningKey.load_or_create(config.server.signing_key)
     except CryptoError as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
@@ -172,7 +183,8 @@ def _public_round_gate(config: KeyHolderConfig, consortium: str, owner: CKKSKeyO
                           f"server identity for {consortium!r}")
     return PublicRoundGate(enabled=policy.privacy.public_rounds_per_agent, ca_cert=config.tls.ca,
                            is_revoked=revocations.is_revoked, context_sha256=owner.public_context.sha256,
-                           policy_source=str(path))
+                           policy_source=str(path),
+                           public_round_digests=frozenset(policy.privacy.public_round_digests))
 
 
 def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:

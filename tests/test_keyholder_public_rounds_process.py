@@ -46,15 +46,27 @@ from server.rounds import RoundCoordinator, RoundPolicy
 from server.router import make_router
 from server.state import StateStore
 from server.trainer import TrainingSection, fit_router_on_public_pairs
+from server.training_data import DataSection, calibration_round, load_router_pairs, round_digest, router_round
 from wire.calibration import Calibration
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
+CALIBRATION = build_calibration_set(12, seed=3)
+TRAINING = dict(n_public_pairs=16, seed=0)
+
+
+def _public_round_digests() -> list[str]:
+    """The two public rounds this test runs, as the consortium would publish them in its policy."""
+    pairs, _ = load_router_pairs(DataSection(), n=TRAINING["n_public_pairs"], seed=TRAINING["seed"])
+    return [round_digest("calibrate", *calibration_round(CALIBRATION)), round_digest("router", *router_round(pairs))]
+
+
 def _policy(path: Path) -> Path:
     return write_toml(path, {
         "admission": {"allow_all_certified": True},
-        "privacy": {"mode": "fused-only", "max_epsilon": 8.0, "max_delta": 1e-5, "public_rounds_per_agent": True},
+        "privacy": {"mode": "fused-only", "max_epsilon": 8.0, "max_delta": 1e-5, "public_rounds_per_agent": True,
+                    "public_round_digests": _public_round_digests()},
         "rounds": {"quorum": 2, "deadline_s": 90, "group_size": 2, "prompts_per_round": 2},
         "scores": {"min": -50.0, "max": 50.0, "out_of_range": "refuse", "max_vector_length": 64},
         "audit": {"retention_days": 30, "checkpoint_every": 16},
@@ -115,16 +127,14 @@ def test_fused_only_fits_router_and_calibrates_through_key_holder_only_on_public
                                                    router=make_router("uniform", identities), show_progress=False,
                                                    policy=RoundPolicy(quorum=2, deadline_s=90))
                     # calibrate round (public batch) -> each agent's mean/std, as the server measures it
-                    batch = build_calibration_set(12, seed=3)
-                    calibrate = coordinator.run_round("calibrate", [p for p, _ in batch],
-                                                      [(i, r) for i, (_, r) in enumerate(batch)])
+                    calibrate = coordinator.run_round("calibrate", *calibration_round(CALIBRATION))
                     assert calibrate.status == "collected", calibrate.reason
                     calibrations = {a: Calibration(statistics.fmean(v), statistics.pstdev(v))
                                     for a, v in (calibrate.vectors or {}).items()}
                     assert sorted(calibrations) == identities
                     # router round (labelled public pairs) -> a fitted, input-conditioned router
                     training = TrainingSection(model_path=tmp_path / "unused", output_dir=tmp_path / "out",
-                                               n_public_pairs=16, seed=0)
+                                               **TRAINING)  # type: ignore[arg-type]
                     router, fit = fit_router_on_public_pairs(coordinator, calibrations, training)
                     assert fit["n_train"] + fit["n_val"] == 16
                     prompts = build_prompts(4, split="train", seed=0)

@@ -65,7 +65,7 @@ def _lifetime(report: PrivacyReport, previous: dict[str, Any] | None, policy: An
     and only while the policy sets no lifetime cap.
     """
     extra = report.model_extra or {}
-    if "steps" not in extra and getattr(policy, "lifetime_epsilon", None) is None:
+    if "steps" not in extra and policy.lifetime_epsilon is None:
         return report.epsilon, 1, str(extra.get("accountant", "unstated"))
     try:
         prior = [LedgerRun.model_validate(run) for run in extra.get("prior_runs") or []]
@@ -80,7 +80,7 @@ def _lifetime(report: PrivacyReport, previous: dict[str, Any] | None, policy: An
         if last is not None and last not in {run.report_sha256 for run in (*prior, this)}:
             raise Rejection(403, "privacy_ledger_gap",
                             f"privacy report's ledger omits the training {last[:16]}… this member enrolled with")
-    accountant = getattr(policy, "accountant", "prv")  # ServicePolicy may not carry it yet: PRV, the default
+    accountant = policy.accountant
     epsilon, used = compose_epsilon([*prior, this], delta=policy.max_delta, accountant=accountant)
     return epsilon, len(prior) + 1, used
 
@@ -100,7 +100,7 @@ def enrol_agent(body: EnrolRequest, request: Request,
                         f"privacy report (epsilon={report.epsilon}, delta={report.delta}) exceeds the policy "
                         f"budget (epsilon <= {policy.max_epsilon}, delta <= {policy.max_delta})")
     lifetime, runs, accountant = _lifetime(report, services.state.agent(caller.identity), policy)
-    limit = getattr(policy, "lifetime_epsilon", None)
+    limit = policy.lifetime_epsilon
     if limit is not None and lifetime > limit:
         raise Rejection(403, "lifetime_budget_exceeded",
                         f"{runs} DP training(s) compose to lifetime epsilon {lifetime:.3f} ({accountant.upper()}, "

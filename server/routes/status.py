@@ -8,6 +8,8 @@ its decryptions.
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -36,6 +38,15 @@ class KeyCustody(BaseModel):
     decryptions: int | None
 
 
+def _lifetime_spent(row: dict[str, object]) -> float | None:
+    """The composed lifetime ε from the member's stored, signed privacy report (None if it states none)."""
+    try:
+        value = json.loads(str(row.get("privacy_report") or "{}")).get("lifetime_epsilon")
+    except (ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def server_status(services: Services) -> StatusSnapshot:
     """Snapshot of rounds, agents, budgets, the audit head and the router in use (read-only)."""
     state, policy, now = services.state, services.policy, services.clock()
@@ -48,7 +59,8 @@ def server_status(services: Services) -> StatusSnapshot:
         AgentStatus(agent=a["identity"], architecture=a["architecture"], epsilon=a["epsilon"], delta=a["delta"],
                     epsilon_budget=policy.max_epsilon, last_seen=a["last_seen"],
                     online=a["last_seen"] is not None and now - a["last_seen"] <= policy.online_window_s,
-                    submissions=int(per_agent.get(a["identity"], 0)))
+                    submissions=int(per_agent.get(a["identity"], 0)),
+                    lifetime_epsilon=_lifetime_spent(a), lifetime_budget=policy.lifetime_epsilon)
         for a in state.list_agents()
     ]
     counts = state.round_counts()

@@ -90,6 +90,7 @@ class InstalledCertificate:
     not_after: dt.datetime
     cert_path: Path
     renewal: bool
+    replaced_serial: int | None  # the certificate this one replaces here (still valid at the CA until revoked)
 
 
 # -- at the site ------------------------------------------------------------------------------------
@@ -162,8 +163,10 @@ def install_certificate(folder: str | Path, cert_pem: bytes, *, ca_pem: bytes | 
     if cert.not_valid_after_utc <= moment:
         raise PKIError(f"certificate expired at {cert.not_valid_after_utc.isoformat()}")
     identity = identity_of(cert)
+    replaced = None
     if (folder / CERT_FILE).exists():
-        current = identity_of((folder / CERT_FILE).read_bytes())
+        current_cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
+        current, replaced = identity_of(current_cert), current_cert.serial_number
         if current != identity:
             raise PKIError(f"certificate is for {identity}, but {folder / CERT_FILE} is {current}: refusing to "
                            "replace one party's certificate with another's")
@@ -176,7 +179,8 @@ def install_certificate(folder: str | Path, cert_pem: bytes, *, ca_pem: bytes | 
     if renewal:
         os.replace(folder / NEXT_KEY_FILE, folder / KEY_FILE)
     os.replace(tmp, folder / CERT_FILE)
-    return InstalledCertificate(identity, cert.serial_number, cert.not_valid_after_utc, folder / CERT_FILE, renewal)
+    return InstalledCertificate(identity, cert.serial_number, cert.not_valid_after_utc, folder / CERT_FILE, renewal,
+                                replaced if replaced != cert.serial_number else None)
 
 
 def _install_ca(path: Path, ca_pem: bytes) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mor_cli.main import CommandError
+from mor_cli.site_keys import add_site_key_actions
 
 # init-config options: flag -> (table, key, type)
 _INIT_VALUES: dict[str, tuple[str, str, Callable[[str], Any]]] = {
@@ -204,3 +205,4 @@ def register(subparsers: Any) -> None:
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.set_defaults(func=_guarded(_run))
+    add_site_key_actions(actions, "client")

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from mor_cli.main import CommandError
+from mor_cli.site_keys import add_site_key_actions
 
 
 def register(subparsers: Any) -> None:
@@ -18,6 +19,7 @@ def register(subparsers: Any) -> None:
     serve = actions.add_parser("serve", help="serve the key holder over mutual TLS")
     serve.add_argument("--config", required=True, help="key holder TOML (see server/keyholder/config.py)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_site_key_actions(actions, "keyholder")
     parser.set_defaults(func=handle)
 
 

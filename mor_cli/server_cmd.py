@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mor_cli.main import CommandError
+from mor_cli.site_keys import add_site_key_actions
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
@@ -93,6 +94,7 @@ def register(subparsers: Any) -> None:
     actions = parser.add_subparsers(dest="server_action", required=True, metavar="ACTION")
     for name, (help_text, add_arguments, _handler) in ACTIONS.items():
         add_arguments(actions.add_parser(name, help=help_text))
+    add_site_key_actions(actions, "server")
     parser.set_defaults(func=handle)
 
 

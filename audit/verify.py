@@ -8,14 +8,24 @@ origin, sizes and times monotone, root = the entries' root at that size, consist
 the previous checkpoint). The key is the one the auditor supplies out of band;
 ``log_public_key.pem`` is only compared with it, never trusted.
 
-What cannot be detected (and why receipts exist): entries appended after the last signed
-checkpoint and then cut off together. ``uncovered`` counts such entries; agents holding a
-signed receipt with a later index prove the cut.
+Sealed by default: entries that no signed checkpoint covers (``uncovered``) fail
+verification — a missing or emptied checkpoints file, or a tail cut back to an older
+checkpoint's worth of entries plus a few, must not pass as "fine, with a note". A log still
+being written (or a writer killed before ``close()``) has such a tail legitimately; an auditor
+says so explicitly with ``allow_unsealed_tail=True`` (``mor audit verify --allow-unsealed-tail``).
+What still cannot be detected (and why receipts exist): whole checkpointed batches cut off
+together with their checkpoints; agents holding a signed receipt with a later index prove it.
+
+Encodings are canonical: a line must be exactly the canonical JSON of what it parses to, and
+signatures exactly 128 lowercase hex digits, so no byte of a log can change (case, spacing,
+escapes) and still verify. ``log_public_key.pem`` is only compared with the supplied key, but
+byte for byte against that key's PEM, for the same reason.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +45,8 @@ from audit.storage import CHECKPOINTS, ENTRIES, PUBLIC_KEY, Lines, read_lines
 from crypto.canonical import canonical_json
 from crypto.errors import CryptoError, IntegrityError
 from crypto.signing import VerifyKey
+
+SIGNATURE_HEX = re.compile(r"[0-9a-f]{128}")  # Ed25519: 64 bytes, one spelling only
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,8 @@ def _parse(raw: bytes) -> Any:
 
 
 def _signed(key: VerifyKey, sig: Any, data: bytes) -> bool:
+    if not isinstance(sig, str) or not SIGNATURE_HEX.fullmatch(sig):
+        return False  # bytes.fromhex would also take "AB" for "ab": a changed byte that still verified
     try:
         key.verify(bytes.fromhex(sig), data)
     except (IntegrityError, ValueError, TypeError):
@@ -214,6 +228,9 @@ def scan(directory: Path, key: VerifyKey, *, progress: bool = False) -> tuple[Ve
                 report.problems.append(Problem(PUBLIC_KEY, None, None, (
                     f"the log says it was written with key {stored.fingerprint()[:16]}…, but the supplied key is "
                     f"{key.fingerprint()[:16]}…"), kind="key"))
+            elif key_file.read_bytes() != key.pem():
+                report.problems.append(Problem(PUBLIC_KEY, None, None, "the right key, but not in its canonical "
+                                               "PEM bytes (the file was changed)"))
     files = {ENTRIES: read_lines(directory / ENTRIES), CHECKPOINTS: read_lines(directory / CHECKPOINTS)}
     tree = _scan_entries(files[ENTRIES], key, report, progress)
     entries_ok = not any(p.file == ENTRIES and p.kind != "torn" for p in report.problems)
@@ -226,11 +243,28 @@ def scan(directory: Path, key: VerifyKey, *, progress: bool = False) -> tuple[Ve
     return report, state
 
 
-def verify_log(directory: str | Path, public_key: VerifyKey | str | Path, *,
-               progress: bool = False) -> VerificationReport:
-    """Check a whole log directory against the auditor's ``public_key`` (a key or a PEM path)."""
+def _unsealed_tail(report: VerificationReport) -> Problem:
+    first = report.entries - report.uncovered
+    where = (f"{CHECKPOINTS} is missing or empty" if report.checkpoints == 0
+             else f"the last signed checkpoint covers {first}")
+    return Problem(CHECKPOINTS, None, first, (
+        f"entries {first}..{report.entries - 1} ({report.uncovered}) are covered by no signed checkpoint ({where}): "
+        "a cut, an emptied checkpoint file or a writer that never closed; for a log still being written, "
+        "verify with --allow-unsealed-tail"), kind="unsealed")
+
+
+def verify_log(directory: str | Path, public_key: VerifyKey | str | Path, *, progress: bool = False,
+               allow_unsealed_tail: bool = False) -> VerificationReport:
+    """Check a whole log directory against the auditor's ``public_key`` (a key or a PEM path).
+
+    ``allow_unsealed_tail``: accept entries after the last signed checkpoint (a live log);
+    by default they fail verification (see the module docstring).
+    """
     directory = Path(directory)
     if not (directory / ENTRIES).exists() and not (directory / CHECKPOINTS).exists():
         raise AuditConfigError(f"{directory}: not an audit log ({ENTRIES} and {CHECKPOINTS} are missing)")
     key = public_key if isinstance(public_key, VerifyKey) else VerifyKey.load(public_key)
-    return scan(directory, key, progress=progress)[0]
+    report = scan(directory, key, progress=progress)[0]
+    if report.uncovered and not allow_unsealed_tail:
+        report.problems.append(_unsealed_tail(report))
+    return report

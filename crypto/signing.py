@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -59,7 +59,7 @@ class VerifyKey:
             raise KeyFileError(f"{path}: cannot read public key: {exc.strerror}") from None
         try:
             key = serialization.load_pem_public_key(data)
-        except ValueError:
+        except (ValueError, UnsupportedAlgorithm):  # a changed byte in the key's OID is "unsupported"
             raise KeyFileError(f"{path}: not a PEM public key") from None
         if not isinstance(key, Ed25519PublicKey):
             raise KeyFileError(f"{path}: not an Ed25519 public key")
@@ -115,7 +115,7 @@ class SigningKey:
             raise KeyFileError(f"{path}: cannot read signing key: {exc.strerror}") from None
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             raise KeyFileError(f"{path}: not an unencrypted PEM private key") from None
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError(f"{path}: not an Ed25519 private key")

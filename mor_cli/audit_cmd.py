@@ -2,6 +2,8 @@
 
 ``verify`` exits 0 when every check passes, 1 when the log fails verification (naming the
 first bad entry: file, line, index, reason), 2 on usage errors (no such directory, bad key).
+Entries no signed checkpoint covers fail it unless ``--allow-unsealed-tail`` says the log is
+still being written.
 ``show`` does not verify: it prints what the lines say, for people; trust comes from ``verify``.
 """
 
@@ -25,6 +27,9 @@ def register(subparsers: Any) -> None:
     verify.add_argument("log_dir", metavar="LOG_DIR", help="audit log directory")
     verify.add_argument("--public-key", required=True, help="the log writer's Ed25519 public key (PEM), "
                         "obtained out of band (the log's own copy is never trusted)")
+    verify.add_argument("--allow-unsealed-tail", action="store_true",
+                        help="accept entries no signed checkpoint covers yet (a log still being written); "
+                        "by default they fail verification")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
 
     show = actions.add_parser("show", help="print entries readably (unverified: run verify for trust)")
@@ -56,14 +61,15 @@ def _when(t: Any) -> str:
 def _verify(args: argparse.Namespace) -> int:
     from audit.verify import verify_log
 
-    report = verify_log(Path(args.log_dir), Path(args.public_key), progress=not args.quiet)
+    report = verify_log(Path(args.log_dir), Path(args.public_key), progress=not args.quiet,
+                        allow_unsealed_tail=args.allow_unsealed_tail)
     print(f"log          {report.directory}  origin {report.origin or '-'}")
     print(f"entries      {report.entries}  (verified prefix)")
     print(f"checkpoints  {report.checkpoints}  (signatures valid)")
     print(f"time span    {_when(report.first_time)} .. {_when(report.last_time)}")
-    if report.uncovered:
-        print(f"note         {report.uncovered} entries after the last signed checkpoint (not yet covered; "
-              "a writer that stopped without close() leaves these)")
+    if report.uncovered and args.allow_unsealed_tail:
+        print(f"note         {report.uncovered} entries after the last signed checkpoint, accepted as asked "
+              "(--allow-unsealed-tail: nothing proves they were not cut or rewritten)")
     print("actions by identity:")
     for actor, actions in sorted(report.actions_by_actor.items()):
         listed = ", ".join(f"{action}={count}" for action, count in sorted(actions.items()))

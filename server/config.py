@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.errors import ConfigError
+from server.state_files import check_database_url
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -61,6 +62,15 @@ class ServerSection(FrozenConfig):
     keyholder_url: str | None = Field(None, description="fused-only mode: https URL of the key holder")
     output_dir: Path = Field(Path("out"), description="where runs write models, reports and plots")
     long_poll_max_s: float = Field(30.0, gt=0, le=300, description="longest wait a task poll may ask for")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        try:
+            check_database_url(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("database_url").lstrip(" :")) from None
+        return value
 
     @field_validator("keyholder_url")
     @classmethod

@@ -5,7 +5,8 @@ receipt for it), so it must survive ``kill -9``; a nonce once seen must stay see
 restart would re-open the door to replays. Every write commits before the HTTP reply leaves.
 
 SQLite by default (``sqlite:///path/state.db``, WAL mode); any SQLAlchemy URL works, so a real
-server database can replace it without code changes.
+server database can replace it without code changes. Its files are private (0600) and a URL
+that cannot work is a clear ``ConfigError`` (:mod:`server.state_files`).
 """
 
 from __future__ import annotations
@@ -26,15 +27,16 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    create_engine,
     event,
     func,
     insert,
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
+
+from server.state_files import create_schema, open_engine
 
 NONCE_PURGE_EVERY_S = 60.0  # how often expired nonces are forgotten (checked on each new nonce)
 
@@ -159,10 +161,10 @@ class StateStore:
         self._clock = clock
         self._nonce_purge_every_s = nonce_purge_every_s
         self._last_nonce_purge = -math.inf
-        self.engine: Engine = create_engine(url, future=True)
+        self.engine, sqlite_path = open_engine(url, metadata)  # ConfigError for a bad URL; SQLite files 0600
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        metadata.create_all(self.engine)
+        create_schema(self.engine, metadata, sqlite_path)
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

@@ -58,7 +58,7 @@ class LifetimeLedger:
         """Verify the log read-only (no writer lock: a running agent may hold it), then read it."""
         if not (directory / ENTRIES).exists():
             return cls._read(directory, identity=identity, policy=policy)
-        report = verify_log(directory, key)
+        report = verify_log(directory, key, allow_unsealed_tail=True)  # a running agent has not sealed its tail
         if not report.ok:
             raise PrivacyReportError(f"{directory}: audit log fails verification: {report.first_problem}")
         return cls._read(directory, identity=identity, policy=policy)

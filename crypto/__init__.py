@@ -16,7 +16,6 @@ from crypto.ckks import (
     load_public_context,
     weighted_sum,
 )
-from crypto.crl_health import CrlHealth, crl_health, read_crl_health
 from crypto.envelope import (
     Envelope,
     OpenedEnvelope,
@@ -41,7 +40,6 @@ from crypto.pki import (
 )
 from crypto.signing import SigningKey, VerifyKey, write_private_file
 from crypto.tls import client_ssl_context, peer_identity, server_ssl_context
-from crypto.tls_reload import TlsReloader
 
 __all__ = [
     "HE_STANDARD_MAX_MODULUS_BITS",
@@ -50,7 +48,6 @@ __all__ = [
     "CKKSParameters",
     "CertificateAuthority",
     "CertificateRecord",
-    "CrlHealth",
     "CryptoError",
     "Envelope",
     "IntegrityError",
@@ -66,11 +63,9 @@ __all__ = [
     "Role",
     "SealedVector",
     "SigningKey",
-    "TlsReloader",
     "VerifyKey",
     "canonical_json",
     "client_ssl_context",
-    "crl_health",
     "identity_of",
     "init_ca",
     "load_public_context",
@@ -78,7 +73,6 @@ __all__ = [
     "open_envelope",
     "parse_identity",
     "peer_identity",
-    "read_crl_health",
     "role_of",
     "seal_scores",
     "server_ssl_context",

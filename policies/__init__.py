@@ -15,6 +15,7 @@ from policies.errors import (
     PolicySyntaxError,
     PolicyValidationError,
 )
+from policies.fusion import Fusion
 from policies.loader import BUILTIN_POLICIES, builtin_policy_path, load_policy, parse_policy
 from policies.render import render_toml
 from policies.schema import CKKS, HE_STANDARD_MAX_BITS, Admission, Audit, Limits, Policy, Privacy, Rounds, Scores
@@ -25,6 +26,7 @@ __all__ = [
     "HE_STANDARD_MAX_BITS",
     "Admission",
     "Audit",
+    "Fusion",
     "InsecurePolicyWarning",
     "Limits",
     "Policy",

@@ -18,12 +18,14 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import AfterValidator, Field, model_validator
 
 from crypto.canonical import canonical_json
 from crypto.errors import PKIError
 from crypto.pki import parse_identity
+from policies.fusion import Fusion, check_fusion_fits
+from policies.section import Section as _Section
+from policies.section import rule
 
 # HE security standard (homomorphicencryption.org, 2018), 128-bit classical security, ternary secret:
 # the largest total coefficient-modulus size, in bits, for each polynomial modulus degree N.
@@ -35,11 +37,6 @@ CKKS_NOISE_BITS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
 PrivacyMode = Literal["tls-only", "ckks", "fused-only"]
-
-
-def rule(key: str, reason: str) -> PydanticCustomError:
-    """A broken cross-field rule, reported against ``key`` (dotted, from the policy's top level)."""
-    return PydanticCustomError("policy_rule", "{reason}", {"key": key, "reason": reason})
 
 
 def _name(value: str) -> str:
@@ -68,10 +65,6 @@ def _not_empty(value: Path) -> Path:
 Name = Annotated[str, AfterValidator(_name)]
 Identity = Annotated[str, AfterValidator(_identity)]
 PathSetting = Annotated[Path, Field(strict=False), AfterValidator(_not_empty)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Admission(_Section):
@@ -198,6 +191,7 @@ class Policy(_Section):
     audit: Audit
     limits: Limits = Limits()
     ckks: CKKS = CKKS()
+    fusion: Fusion = Fusion()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Policy:
@@ -210,6 +204,7 @@ class Policy(_Section):
                        "every agent's scores): remove it or set mode = 'fused-only'")
         self._check_admission()
         self._check_round_fits()
+        check_fusion_fits(self.fusion, mode=self.privacy.mode, quorum=self.rounds.quorum)
         return self
 
     def _check_admission(self) -> None:

@@ -24,6 +24,10 @@ when the policy sets ``privacy.public_rounds_per_agent`` — decrypted by the ke
 checks each agent's own signature on a ``calibrate-``/``router-`` round id before it opens
 anything (:mod:`server.keyholder.public_rounds`). Score rounds stay fused in every case.
 
+Robust options (the policy's ``[fusion]``: clip calibrated scores, trimmed or median aggregate,
+:mod:`server.robust_fusion`) apply where per-agent vectors are plaintext; the per-member weight
+cap wraps the router instead (:mod:`server.router.capped`) and so holds in every mode.
+
 The policy's score range is enforced per agent where scores are visible (``refuse``: the
 agent's whole vector is dropped and the others renormalised; ``clip``: clipped and counted).
 In fused-only mode only the fused value is visible; since it is a convex combination of
@@ -50,6 +54,7 @@ from crypto.envelope import Envelope
 from crypto.errors import IntegrityError
 from server.agent_vectors import decrypt_vectors, plain_vectors
 from server.errors import FusionError, PrivacyModeError
+from server.robust_fusion import NO_ROBUSTNESS, RobustFusion
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from wire.calibration import IDENTITY, Calibration
@@ -159,19 +164,27 @@ def check_range(vectors: Mapping[str, Sequence[float]], scores: ScoreRange
     return kept, refused, clipped
 
 
-def _fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Sequence[float]],
-                  scores: ScoreRange, refused: dict[str, str], decryptions: int) -> FusionOutcome:
-    """Range check, calibrate and ``router.fuse`` per-agent plaintext vectors (tls-only and ckks)."""
+def fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Sequence[float]],
+                 scores: ScoreRange, refused: dict[str, str], decryptions: int,
+                 robust: RobustFusion = NO_ROBUSTNESS) -> FusionOutcome:
+    """Range check, calibrate, ``robust`` clip and aggregate per-agent plaintext vectors (tls-only and ckks).
+
+    Clipped calibrated scores are counted in ``clipped`` as ``"<agent>:clip_z"`` (``:`` is not
+    in an agent name). The default ``robust`` fuses with ``router.fuse``, as before it existed.
+    """
     kept, out_of_range, clipped = check_range(vectors, scores)
     refused = {**refused, **out_of_range}
     calibrated: dict[str, torch.Tensor] = {}
     for agent, values in kept.items():
         calibrated[agent] = _calibration(inp, agent).zscore(values)
+    calibrated, clipped_z = robust.clip(calibrated)
+    clipped.update({f"{agent}:clip_z": n for agent, n in clipped_z.items()})
     used = tuple(a for a in router.agents if a in calibrated)
     if not used:
         return FusionOutcome([None] * inp.n_items, (), {}, refused, clipped, (), decryptions)
-    fused = router.fuse(inp.features, calibrated)
     weights = router.weights(inp.features, list(used))
+    fused = (router.fuse(inp.features, calibrated) if robust.aggregate == "weighted" else
+             robust.combine(weights, torch.stack([calibrated[a] for a in used], dim=1)))
     return FusionOutcome(
         rewards=[float(v) for v in fused.tolist()], agents_used=used, weights=_mean_weights(weights, used),
         refused=refused, clipped=clipped, uncalibrated=tuple(a for a in used if a not in inp.calibrations),
@@ -180,19 +193,20 @@ def _fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Se
 
 
 # -- the three modes -----------------------------------------------------------------------------
-def fuse_tls_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange) -> FusionOutcome:
-    """tls-only: plaintext scores -> range check -> calibration -> ``router.fuse``."""
+def fuse_tls_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange,
+                  robust: RobustFusion = NO_ROBUSTNESS) -> FusionOutcome:
+    """tls-only: plaintext scores -> range check -> calibration -> ``robust`` / ``router.fuse``."""
     usable, refused = _usable(router, inp)
-    return _fuse_vectors(router, inp, plain_vectors(usable), scores, refused, decryptions=0)
+    return fuse_vectors(router, inp, plain_vectors(usable), scores, refused, decryptions=0, robust=robust)
 
 
 def fuse_ckks(router: RouterBase, inp: FusionInput, *, scores: ScoreRange, key_owner: CKKSKeyOwner,
-              audit: AuditTrail, actor: str = "server") -> FusionOutcome:
-    """ckks: decrypt per agent (audited) -> range check -> calibration -> ``router.fuse``."""
+              audit: AuditTrail, actor: str = "server", robust: RobustFusion = NO_ROBUSTNESS) -> FusionOutcome:
+    """ckks: decrypt per agent (audited) -> range check -> calibration -> ``robust`` / ``router.fuse``."""
     usable, refused = _usable(router, inp)
     vectors, decryptions, undecryptable = decrypt_vectors(usable, key_owner=key_owner, audit=audit,
                                                           round_id=inp.round_id, actor=actor)
-    return _fuse_vectors(router, inp, vectors, scores, {**refused, **undecryptable}, decryptions)
+    return fuse_vectors(router, inp, vectors, scores, {**refused, **undecryptable}, decryptions, robust)
 
 
 def fuse_fused_only(router: RouterBase, inp: FusionInput, *, scores: ScoreRange, context: PublicContext,

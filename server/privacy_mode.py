@@ -50,6 +50,7 @@ from server.fusion import (
     fuse_fused_only,
     fuse_tls_only,
 )
+from server.robust_fusion import NO_ROBUSTNESS, RobustFusion
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from wire.messages import PrivacyMode
@@ -90,11 +91,12 @@ class PrivacyModeBehaviour(Protocol):
 
 @dataclass(frozen=True)
 class _Mode:
-    """What the three modes share: the policy's score range, the audit trail, who acts."""
+    """What the three modes share: the policy's score range, the audit trail, who acts, robust fusion."""
 
     scores: ScoreRange
     audit: AuditTrail
     actor: str = "server"
+    robust: RobustFusion = NO_ROBUSTNESS  # the policy's [fusion] clip/aggregate (server.robust_fusion)
 
     name: ClassVar[PrivacyMode]
     payload_kind: ClassVar[PayloadKind] = "ckks"
@@ -158,7 +160,7 @@ class TlsOnlyMode(_Mode):
     payload_kind: ClassVar[PayloadKind] = "plain"
 
     def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
-        return fuse_tls_only(router, inp, scores=self.scores)
+        return fuse_tls_only(router, inp, scores=self.scores, robust=self.robust)
 
     def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
                 key_bindings: Mapping[str, dict[str, Any] | None] | None = None) -> Vectors:
@@ -194,7 +196,8 @@ class CkksMode(_Mode):
         return self.owner.decryptions
 
     def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
-        return fuse_ckks(router, inp, scores=self.scores, key_owner=self.owner, audit=self.audit, actor=self.actor)
+        return fuse_ckks(router, inp, scores=self.scores, key_owner=self.owner, audit=self.audit, actor=self.actor,
+                         robust=self.robust)
 
     def collect(self, round_id: str, envelopes: Mapping[str, Envelope],
                 key_bindings: Mapping[str, dict[str, Any] | None] | None = None) -> Vectors:
@@ -223,6 +226,9 @@ class FusedOnlyMode(_Mode):
                                    f"hold a secret key (got {type(self.context).__name__})")
         if self.keyholder is None:
             raise PrivacyModeError("fused-only: needs a key-holder client to open fused rewards")
+        refusal = self.robust.refusal_for(self.name, per_member_plaintext=False)
+        if refusal:
+            raise PrivacyModeError(refusal)
 
     @property
     def public_context(self) -> PublicContext:
@@ -266,8 +272,8 @@ MODES: dict[str, type[TlsOnlyMode] | type[CkksMode] | type[FusedOnlyMode]] = {
 def privacy_mode_for(name: str, *, scores: ScoreRange, audit: AuditTrail, actor: str = "server",
                      key_owner: CKKSKeyOwner | None = None, context: PublicContext | None = None,
                      keyholder: FusedDecryptor | None = None, public_rounds_per_agent: bool = False,
-                     owns_keyholder: bool = False) -> PrivacyModeBehaviour:
-    """The mode object for a policy's mode name, refusing key material or options the mode may not have."""
+                     owns_keyholder: bool = False, robust: RobustFusion = NO_ROBUSTNESS) -> PrivacyModeBehaviour:
+    """The mode object for a policy's mode name, refusing key material or options (``robust``) it may not have."""
     cls = MODES.get(name)
     if cls is None:
         raise PrivacyModeError(f"unknown privacy mode {name!r} (known: {', '.join(sorted(MODES))})")
@@ -276,14 +282,14 @@ def privacy_mode_for(name: str, *, scores: ScoreRange, audit: AuditTrail, actor:
     if cls is TlsOnlyMode:
         if key_owner is not None or context is not None or keyholder is not None:
             raise PrivacyModeError("tls-only: holds no CKKS material (scores travel in the clear inside mTLS)")
-        return TlsOnlyMode(scores, audit, actor)
+        return TlsOnlyMode(scores, audit, actor, robust)
     if cls is CkksMode:
         if keyholder is not None:
             raise PrivacyModeError("ckks: the server decrypts itself and has no key holder")
-        return CkksMode(scores, audit, actor, key_owner=key_owner)
+        return CkksMode(scores, audit, actor, robust, key_owner=key_owner)
     if key_owner is not None:
         raise PrivacyModeError("fused-only: the server must not hold a CKKSKeyOwner (the key holder owns the key)")
-    return FusedOnlyMode(scores, audit, actor, context=context, keyholder=keyholder,
+    return FusedOnlyMode(scores, audit, actor, robust, context=context, keyholder=keyholder,
                          public_rounds_per_agent=public_rounds_per_agent, owns_keyholder=owns_keyholder)
 
 
@@ -312,12 +318,13 @@ def open_privacy_mode(config: ServerConfig, policy: Policy, *, audit: AuditTrail
     the trainer — close the result at shutdown. ConfigError names the file and the key.
     """
     scores = ScoreRange(policy.scores.min, policy.scores.max, policy.scores.out_of_range)
+    robust = RobustFusion(policy.fusion.clip_z, policy.fusion.aggregate, policy.fusion.trim_each_end)
     name = policy.privacy.mode
     if MODES[name] is CkksMode:
-        return privacy_mode_for(name, scores=scores, audit=audit,
+        return privacy_mode_for(name, scores=scores, audit=audit, robust=robust,
                                 key_owner=_load_key_owner(config.server.ckks_secret_context, policy, config.source))
     if MODES[name] is TlsOnlyMode:
-        return privacy_mode_for(name, scores=scores, audit=audit)
+        return privacy_mode_for(name, scores=scores, audit=audit, robust=robust)
     from crypto.tls import client_ssl_context
     from server.keyholder.client import KeyHolderClient
 
@@ -326,12 +333,12 @@ def open_privacy_mode(config: ServerConfig, policy: Policy, *, audit: AuditTrail
     tls = config.tls
     client = KeyHolderClient(config.server.keyholder_url, client_ssl_context(tls.cert, tls.key, tls.ca, tls.crl))
     try:
-        context = client.public_context()
+        return privacy_mode_for(name, scores=scores, audit=audit, context=client.public_context(), keyholder=client,
+                                robust=robust, public_rounds_per_agent=policy.privacy.public_rounds_per_agent,
+                                owns_keyholder=True)
     except BaseException:
         client.close()
         raise
-    return privacy_mode_for(name, scores=scores, audit=audit, context=context, keyholder=client,
-                            public_rounds_per_agent=policy.privacy.public_rounds_per_agent, owns_keyholder=True)
 
 
 __all__ = ["MODES", "CkksMode", "FusedOnlyMode", "PrivacyModeBehaviour", "TlsOnlyMode", "open_privacy_mode",

@@ -58,6 +58,9 @@ class ServicePolicy:
     accountant: str = "prv"  # the Opacus accountant that composes them
     quarantine_after_failures: int = 3  # consecutive faulty rounds before a member is left out
     quarantine_s: float = 3600.0  # and for how long  # protections the policy switches off (recorded at start-up)
+    max_member_weight: float | None = None  # [fusion]: cap on any member's router weight (the trainer wraps its router)
+    clip_z: float | None = None  # [fusion]: calibrated scores clipped to +-clip_z (the mode object applies it)
+    aggregate: str = "weighted"  # [fusion]: weighted | trimmed | median (the mode object applies it)
 
 
 @dataclass(frozen=True)

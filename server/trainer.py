@@ -48,6 +48,7 @@ from server.grpo import GRPOResult, GRPORunConfig, StopCheck, run_grpo
 from server.quarantine import Quarantine, QuarantinePolicy
 from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration, live_agents
 from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
+from server.router.capped import cap_router
 from server.services import Services
 from server.state import StateStore
 from server.training_data import (
@@ -287,12 +288,15 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
             log.warning("ROUTER NOT FITTED: %s", reason)
         report.notes.append(f"router not fitted: {reason}")
         audit.record(actor, "router.unchanged", {"digest": router.digest(), "kind": router.kind, "reason": reason})
-    coordinator.set_router(router)
-    report.router_digest = router.digest()
+    coordinator.set_router(cap_router(router, services.policy.max_member_weight))  # policy [fusion], every mode
+    if coordinator.router is not router:
+        audit.record(actor, "router.capped", {"digest": coordinator.router.digest(), "inner_digest": router.digest(),
+                                              "max_member_weight": services.policy.max_member_weight})
+    report.router_digest = coordinator.router.digest()
     record_loaded(prompts_loaded, audit=audit, state=services.state, actor=actor, now=services.clock())
     inputs = coordinator.prompt_features(prompts) if router.kind == "learned" else torch.zeros(len(prompts), 1)
-    publish_router_weights(services.state, router, inputs, [p.domain for p in prompts], now=services.clock(),
-                           basis=f"mean over the {len(prompts)} GRPO training prompts")
+    publish_router_weights(services.state, coordinator.router, inputs, [p.domain for p in prompts],
+                           now=services.clock(), basis=f"mean over the {len(prompts)} GRPO training prompts")
     # -- 4. GRPO: from here a stop lets the step in flight finish (its round is out) -------------
     wait(0.0)
     coordinator.sleep = sleep

@@ -65,6 +65,8 @@ def service_policy_of(policy: Policy) -> ServicePolicy:
         public_rounds_per_agent=policy.privacy.public_rounds_per_agent,
         quarantine_after_failures=policy.rounds.quarantine_after_failures, quarantine_s=policy.rounds.quarantine_s,
         lifetime_epsilon=policy.privacy.lifetime_epsilon, accountant=policy.privacy.accountant,
+        max_member_weight=policy.fusion.max_member_weight, clip_z=policy.fusion.clip_z,
+        aggregate=policy.fusion.aggregate,
     )
 
 

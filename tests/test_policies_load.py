@@ -48,7 +48,7 @@ def _load_quietly(name: str) -> Policy:
 
 
 def test_public_api_is_exactly_all() -> None:
-    modules = {"errors", "lifetime", "loader", "render", "schema"}
+    modules = {"errors", "fusion", "lifetime", "loader", "render", "schema", "section"}
     public = {name for name in vars(policies) if not name.startswith("_")} - modules
     assert public == set(policies.__all__)
 

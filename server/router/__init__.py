@@ -4,11 +4,13 @@ Routers implement one small interface (:class:`Router`): weights over the agents
 conditioned on the prompt only, and the fused reward. Kinds: ``uniform`` and ``fixed``
 (baselines, policy-set shares) and ``learned`` (an MLP over the frozen prompt embeddings,
 fitted on public labelled pairs by the Bradley–Terry likelihood of the fused reward).
-Privacy modes and robustness checks wrap a router rather than branching inside it.
+Privacy modes and robustness checks wrap a router rather than branching inside it: the
+policy's per-member weight cap is :class:`CappedRouter` around whichever router is in use.
 """
 
 from server.errors import RouterConfigError, RouterError, RouterInputError, RouterStateError
 from server.router.base import Router, RouterBase
+from server.router.capped import CappedRouter, cap_router
 from server.router.features import PROMPT_FEATURE_DIM, prompt_features
 from server.router.fixed import FixedRouter, UniformRouter
 from server.router.learned import LearnedRouter
@@ -18,6 +20,7 @@ from server.router.training import RouterFitConfig, RouterFitReport, RouterTrain
 __all__ = [
     "PROMPT_FEATURE_DIM",
     "ROUTERS",
+    "CappedRouter",
     "FixedRouter",
     "LearnedRouter",
     "Router",
@@ -30,6 +33,7 @@ __all__ = [
     "RouterStateError",
     "RouterTrainingSet",
     "UniformRouter",
+    "cap_router",
     "fit_router",
     "make_router",
     "prompt_features",

@@ -1,9 +1,10 @@
 """"Any change is detected": every byte of a log counts, and entries no checkpoint covers fail.
 
 What an auditor relies on: a log that verifies is exactly the log the writer signed — not a
-copy with its checkpoints file emptied, its tail cut, a signature's hex case changed, or an
-agent's log rolled back to its first entry. Real logs, real Ed25519 keys, the real verifier
-and the ``mor audit verify`` command.
+copy with its checkpoints file emptied, its tail cut, or a signature's hex case changed; and an
+agent's log is sealed every ``checkpoint_every`` entries, so a cut anywhere but exactly at a
+checkpoint shows (a cut at a checkpoint needs the other side's receipts, see audit.verify).
+Real logs, real Ed25519 keys, the real verifier and the ``mor audit verify`` command.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def test_the_agent_log_signs_checkpoints_at_the_policy_interval(tmp_path: Path, 
     report = verify_log(tmp_path / "agent", key.verify_key(), allow_unsealed_tail=True)
     assert (report.checkpoints, report.uncovered) == (2, 8)  # at 16 and 32, not only at shutdown
     log.close()
-    rolled_back = tmp_path / "agent"
-    _keep_lines(rolled_back / "entries.jsonl", 1)  # back to the first entry, with every checkpoint that fits
-    _keep_lines(rolled_back / "checkpoints.jsonl", 0)
-    assert not verify_log(rolled_back, key.verify_key()).ok
+    cut = tmp_path / "agent"  # cut back to 20 entries, dropping the checkpoints that name more
+    _keep_lines(cut / "entries.jsonl", 20)
+    _keep_lines(cut / "checkpoints.jsonl", 1)
+    assert not verify_log(cut, key.verify_key()).ok  # 16..19 are sealed by nothing: the cut shows

@@ -22,6 +22,15 @@ Example ``server.toml``::
     key = "pki/server/key.pem"
     ca = "pki/ca.pem"
     crl = "pki/crl.pem"                          # re-read whenever the file changes
+
+    [connections]                                # optional; the defaults below (see ConnectionLimits)
+    max_connections = 1024
+    max_connections_per_ip = 64
+    max_handshakes = 128
+    max_handshakes_per_ip = 16
+    handshake_timeout_s = 10.0
+    idle_timeout_s = 15.0
+    fd_reserve = 128
 """
 
 from __future__ import annotations
@@ -80,9 +89,39 @@ class ServerSection(FrozenConfig):
         return value
 
 
+class ConnectionLimits(FrozenConfig):
+    """``[connections]``: how many connections anyone may hold on the API port, and for how long.
+
+    Why: TLS (and so the certificate check) starts only after a connection is accepted, so
+    without bounds a stranger with no certificate holds every file descriptor or churns
+    handshakes until memory grows. Past a bound a new connection is closed at ``accept``,
+    before any TLS state exists. The defaults suit hundreds of member sites under
+    ``LimitNOFILE=65536``; the process caps ``max_connections`` at its fd limit minus ``fd_reserve``.
+    """
+
+    max_connections: int = Field(
+        default=1024, ge=8, description="open connections in total (handshaking + authenticated)")
+    max_connections_per_ip: int = Field(
+        default=64, ge=1, description="open connections from one peer (an IPv4 address or an IPv6 /64)")
+    max_handshakes: int = Field(
+        default=128, ge=1, description="TLS handshakes in progress in total; when full, the oldest (older than "
+                                       "0.5 s) is dropped for a newcomer")
+    max_handshakes_per_ip: int = Field(default=16, ge=1, description="TLS handshakes in progress from one peer")
+    handshake_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="a connection not authenticated by then is closed")
+    idle_timeout_s: float = Field(
+        default=15.0, gt=0, le=600, description="an authenticated connection with no request in flight is closed "
+                                                "after this long without one")
+    fd_reserve: int = Field(
+        default=128, ge=16, description="file descriptors kept for the database, logs and models: connections "
+                                        "are capped at RLIMIT_NOFILE minus this")
+
+
 class ServerConfig(FrozenConfig):
     server: ServerSection
     tls: TLSFiles
+    connections: ConnectionLimits = Field(default=ConnectionLimits(),
+                                          description="bounds on connections and handshakes (denial of service)")
     source: Path | None = Field(None, description="the file this was loaded from")
 
 

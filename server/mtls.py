@@ -6,7 +6,14 @@ header. This protocol subclass reads the DER certificate off the TLS transport o
 connection and exposes it as the ASGI TLS extension (``scope["extensions"]["tls"]``), so
 authorisation happens on the CA-issued URI SAN of a certificate the handshake verified.
 
-``http=`` is pinned to this class: the httptools protocol would bypass it.
+``http=`` is pinned to this class: the httptools protocol would bypass it. ``loop=`` is pinned
+to asyncio: the connection bounds (:mod:`server.connection_guard`) live in the listening
+socket's ``accept``, which uvloop would bypass.
+
+It also bounds an authenticated connection in time. uvicorn arms its keep-alive timer only
+after a response, so a member that completes the handshake and never sends a request (or
+sends half a request head) held its connection forever; here the same idle timeout also runs
+from the handshake and from the first byte of every request head.
 """
 
 from __future__ import annotations
@@ -34,6 +41,12 @@ class MutualTLSProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        gate = getattr(self.config, "connection_gate", None)
+        sock = transport.get_extra_info("socket")
+        if gate is not None and sock is not None:
+            gate.established(sock.fileno())
+        self._head_timer: asyncio.TimerHandle | None = None
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
         der = _peer_der(transport)
         inner = self.app
 
@@ -44,6 +57,24 @@ class MutualTLSProtocol(H11Protocol):
             await inner(scope, receive, send)
 
         self.app = app_with_peer
+
+    def data_received(self, data: bytes) -> None:
+        """As uvicorn, plus a deadline for a request head that arrives byte by byte (slowloris)."""
+        super().data_received(data)
+        waiting_for_head = self.cycle is None or self.cycle.response_complete
+        if waiting_for_head and self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_timeout, self.cycle)
+
+    def _head_timeout(self, cycle_when_armed: Any) -> None:
+        self._head_timer = None
+        if self.cycle is cycle_when_armed and not self.transport.is_closing():  # still no new request
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     def shutdown(self) -> None:
         """Abort idle keep-alive connections at shutdown instead of closing them politely.
@@ -65,18 +96,28 @@ def peer_certificate_der(scope: dict[str, Any]) -> bytes | None:
     return bytes(der) if der else None
 
 
+class GuardedConfig(uvicorn.Config):
+    """uvicorn's config plus the connection gate the protocol reports completed handshakes to."""
+
+    connection_gate: Any = None
+
+
 def uvicorn_config(
-    app: Any, *, host: str, port: int, ssl_context: ssl.SSLContext, log_level: str = "warning", **kwargs: Any
+    app: Any, *, host: str, port: int, ssl_context: ssl.SSLContext, log_level: str = "warning",
+    gate: Any = None, **kwargs: Any
 ) -> uvicorn.Config:
-    """A uvicorn ``Config`` serving ``app`` over the given (mutual) TLS context."""
+    """A uvicorn ``Config`` serving ``app`` over the given (mutual) TLS context (``gate``: a ConnectionGate)."""
     if ssl_context.verify_mode != ssl.CERT_REQUIRED:
         raise ValueError("refusing to serve: the TLS context does not require client certificates")
-    return uvicorn.Config(
+    config = GuardedConfig(
         app,
         host=host,
         port=port,
         http=MutualTLSProtocol,
+        loop="asyncio",
         ssl_context_factory=lambda _config, _default: ssl_context,
         log_level=log_level,
         **kwargs,
     )
+    config.connection_gate = gate
+    return config

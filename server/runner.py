@@ -39,7 +39,9 @@ from typing import Any
 
 from sqlalchemy import select
 
+from server.config import ConnectionLimits
 from server.errors import ServerError, ShutdownRequested
+from server.memory_return import prepare_serving_process
 from server.services import Services
 
 log = logging.getLogger("mor.server")
@@ -91,21 +93,32 @@ class StopFlag:
 
 
 class ServiceThread:
-    """One uvicorn server over mutual TLS in a daemon thread."""
+    """One uvicorn server over mutual TLS in a daemon thread; ``limits`` bound its connections (connection_guard)."""
 
     def __init__(self, app: Any, *, host: str, port: int, ssl_context: Any, log_level: str, name: str,
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None, limits: ConnectionLimits | None = None) -> None:
         import uvicorn
 
+        from server.connection_guard import ConnectionGate
         from server.mtls import uvicorn_config
 
         self.name, self.address, self.stopping = name, f"https://{host}:{port}", stopping
+        self.host, self.port, limits = host, port, limits or ConnectionLimits()
+        self.gate = ConnectionGate(limits)
         self.server = uvicorn.Server(uvicorn_config(app, host=host, port=port, ssl_context=ssl_context,
-                                                    log_level=log_level, timeout_graceful_shutdown=int(GRACE_S)))
-        self.thread = threading.Thread(target=self.server.run, name=name, daemon=True)
+                                                    log_level=log_level, timeout_graceful_shutdown=int(GRACE_S),
+                                                    timeout_keep_alive=limits.idle_timeout_s, gate=self.gate))
+        self.listener: Any = None
+        self.thread = threading.Thread(target=lambda: self.server.run([self.listener]), name=name, daemon=True)
 
     def start(self, timeout: float = 60.0) -> None:
         """Start serving; ServerError if it cannot (port taken, bad TLS material) within ``timeout``."""
+        from server.connection_guard import listen
+
+        try:
+            self.listener = listen(self.host, self.port, self.gate)
+        except OSError as exc:
+            raise ServerError(f"{self.name}: cannot listen on {self.address}: {exc.strerror or exc}") from None
         self.thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -124,6 +137,8 @@ class ServiceThread:
         self.server.should_exit = True
         if self.thread.is_alive():
             self.thread.join(GRACE_S + 10)
+        elif self.listener is not None:
+            self.listener.close()  # never served (start failed): uvicorn did not close it
 
 
 def serve_until_signal(api: ServiceThread, stop: StopFlag) -> str:
@@ -161,8 +176,9 @@ def _record_start(services: Services, mode: str, **extra: Any) -> None:
 
 def _api(runtime: Any, app: Any, section: Any, log_level: str, name: str,
          stopping: threading.Event | None = None) -> ServiceThread:
+    prepare_serving_process()
     return ServiceThread(app, host=section.host, port=section.port, ssl_context=runtime.ssl_context,
-                         log_level=log_level, name=name, stopping=stopping)
+                         log_level=log_level, name=name, stopping=stopping, limits=runtime.config.connections)
 
 
 def serve(config_path: str | Path, *, log_level: str = "warning") -> None:

@@ -16,6 +16,8 @@
     key = "pki/keyholder/key.pem"
     ca = "pki/ca.pem"
     crl = "pki/crl.pem"
+
+    [connections]                          # optional: as in server.toml (server.config.ConnectionLimits)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from server.config import FrozenConfig, TLSFiles, load_toml_model
+from server.config import ConnectionLimits, FrozenConfig, TLSFiles, load_toml_model
 
 
 class KeyHolderSection(FrozenConfig):
@@ -45,6 +47,8 @@ class KeyHolderSection(FrozenConfig):
 class KeyHolderConfig(FrozenConfig):
     keyholder: KeyHolderSection
     tls: TLSFiles
+    connections: ConnectionLimits = Field(default=ConnectionLimits(),
+                                          description="bounds on connections and handshakes, as for the server")
     source: Path | None = None
 
 

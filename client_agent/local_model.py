@@ -15,7 +15,6 @@ model's weight digest and the digest of the full local report — not the archit
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 from datetime import datetime
@@ -30,10 +29,10 @@ from client_agent.privacy_report import PrivacyReport, SignedPrivacyReport
 from client_agent.rewards.base import RewardModel
 from client_agent.rewards.registry import build_reward_model as build_from_registry
 from client_agent.rewards.registry import load_reward_model
-from crypto.canonical import canonical_json
 from crypto.errors import IntegrityError
 from crypto.signing import SigningKey
 from policies.lifetime import composition_statement
+from wire.messages import EnrolmentReport
 
 UNDISCLOSED = "undisclosed"
 
@@ -124,7 +123,7 @@ def load_trained(config: AgentConfig, signing_key: SigningKey, *, identity: str
 
 def wire_privacy_report(signed: SignedPrivacyReport, *, identity: str, signing_key: SigningKey,
                         disclose_architecture: bool, key_binding: dict[str, str] | None = None) -> dict[str, Any]:
-    """The report as ``wire.messages.PrivacyReport``: signed over canonical JSON of all other keys.
+    """The report as ``wire.messages.EnrolmentReport`` (signed by :meth:`EnrolmentReport.signed`).
 
     ``key_binding`` (:func:`crypto.key_binding.bind_signing_key`) travels inside the report so
     the server stores it with the enrolment and can hand it to the fused-only key holder, which
@@ -140,5 +139,4 @@ def wire_privacy_report(signed: SignedPrivacyReport, *, identity: str, signing_k
     }
     if key_binding is not None:
         body["key_binding"] = key_binding
-    body["signature_b64"] = base64.b64encode(signing_key.sign(canonical_json(body))).decode("ascii")
-    return body
+    return EnrolmentReport.signed(body, signing_key.sign)

@@ -22,18 +22,9 @@ from crypto.signing import SigningKey
 from policies.lifetime import compose_epsilon
 from server.app import create_app
 from server.config import load_server_config
-from server.services import ServicePolicy
 from server.wiring import open_server
 
 RUN = {"noise_multiplier": 1.5, "sample_rate": 0.1, "steps": 30}
-
-
-@dataclasses.dataclass(frozen=True)
-class _LifetimePolicy(ServicePolicy):
-    """ServicePolicy plus the two policy values enrolment reads when the server's wiring provides them."""
-
-    lifetime_epsilon: float | None = None
-    accountant: str = "rdp"
 
 
 def _report(identity: str, key: SigningKey, name: str, prior: list[dict[str, Any]]) -> tuple[dict[str, Any], dict]:
@@ -55,8 +46,8 @@ def app(tmp_path: Path):
     der = x509.load_pem_x509_certificate(alice.cert.read_bytes()).public_bytes(Encoding.DER)
 
     def client(limit: float | None) -> TestClient:
-        fields = {f.name: getattr(runtime.services.policy, f.name) for f in dataclasses.fields(ServicePolicy)}
-        services = dataclasses.replace(runtime.services, policy=_LifetimePolicy(**fields, lifetime_epsilon=limit))
+        policy = dataclasses.replace(runtime.services.policy, lifetime_epsilon=limit, accountant="rdp")
+        services = dataclasses.replace(runtime.services, policy=policy)
         inner = create_app(services)
 
         async def peer(scope: Any, receive: Any, send: Any) -> None:

@@ -38,6 +38,7 @@ Tasks are created by the round coordinator through ``StateStore.create_round`` w
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from typing import Any, Literal
 
@@ -134,8 +135,15 @@ class Receipt(WireModel):
         return canonical_json(self.model_dump(mode="json", exclude={"signature_b64"}))
 
 
-class PrivacyReport(BaseModel):
-    """An agent's DP privacy report; extra accountant details are kept (and signed) as sent."""
+class EnrolmentReport(BaseModel):
+    """What an agent discloses of its privacy report at enrolment, signed by its enrolling key.
+
+    Not the member's own report (``client_agent.privacy_report.PrivacyReport``, kept and signed
+    locally): this is the wire summary derived from it — identity instead of the local agent id,
+    the architecture possibly withheld, the local report's SHA-256, the key binding — with
+    extra accountant details kept (and signed) as sent. :meth:`signed` (agent) and
+    :meth:`verified` (server) are the one definition of what the signature covers.
+    """
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
@@ -148,6 +156,24 @@ class PrivacyReport(BaseModel):
     epsilon: float = Field(ge=0, description="the accountant's epsilon for the trained reward model")
     delta: float = Field(ge=0, lt=1)
     signature_b64: str = Field(description="Ed25519 signature by the enrolling signing key")
+
+    @staticmethod
+    def signed(body: dict[str, Any], sign: Any) -> dict[str, Any]:
+        """``body`` with ``signature_b64`` over canonical JSON of every other key (``sign``: bytes -> signature)."""
+        unsigned = {k: v for k, v in body.items() if k != "signature_b64"}
+        return {**unsigned, "signature_b64": base64.b64encode(sign(canonical_json(unsigned))).decode("ascii")}
+
+    @classmethod
+    def verified(cls, raw: dict[str, Any], verify: Any) -> EnrolmentReport:
+        """Validate ``raw`` and check its signature (``verify(signature, data)`` raises if it fails).
+
+        Raises pydantic's ValidationError for a malformed report and ValueError (binascii's
+        included) or the verifier's own error for a signature that does not check out.
+        """
+        report = cls.model_validate(raw)
+        unsigned = {k: v for k, v in raw.items() if k != "signature_b64"}
+        verify(base64.b64decode(report.signature_b64, validate=True), canonical_json(unsigned))
+        return report
 
 
 class TaskPayload(WireModel):

@@ -30,7 +30,7 @@ from policies.lifetime import LedgerRun, compose_epsilon
 from server.admission import Caller
 from server.rejections import Rejection
 from server.routes.common import client_caller, services_of
-from wire.messages import EnrolRequest, EnrolResponse, PrivacyReport
+from wire.messages import EnrolmentReport, EnrolRequest, EnrolResponse
 
 router = APIRouter(prefix="/v1", tags=["agents"])
 
@@ -42,23 +42,18 @@ def _verify_key(b64: str) -> VerifyKey:
         raise Rejection(422, "bad_signing_key", "signing_public_key_b64: not a base64 raw Ed25519 public key") from None
 
 
-def _privacy_report(raw: dict[str, object], key: VerifyKey) -> PrivacyReport:
+def _privacy_report(raw: dict[str, Any], key: VerifyKey) -> EnrolmentReport:
     try:
-        report = PrivacyReport.model_validate(raw)
+        return EnrolmentReport.verified(raw, key.verify)
     except ValidationError as exc:
         details = "; ".join(".".join(str(p) for p in e["loc"]) + f": {e['msg']}" for e in exc.errors())
         raise Rejection(422, "bad_privacy_report", f"privacy_report: {details}") from None
-    unsigned = {k: v for k, v in raw.items() if k != "signature_b64"}
-    try:
-        signature = base64.b64decode(report.signature_b64, validate=True)
-        key.verify(signature, canonical_json(unsigned))
     except (binascii.Error, ValueError, IntegrityError):
         raise Rejection(400, "integrity_error",
                         "privacy_report: signature does not verify with signing_public_key_b64") from None
-    return report
 
 
-def _lifetime(report: PrivacyReport, previous: dict[str, Any] | None, policy: Any) -> tuple[float, int, str]:
+def _lifetime(report: EnrolmentReport, previous: dict[str, Any] | None, policy: Any) -> tuple[float, int, str]:
     """(lifetime ε with this run, number of runs, accountant) from the signed report's ledger; see the module doc.
 
     A report without DP-SGD details (older agents, test doubles) counts as one run of its own ε,

@@ -112,10 +112,14 @@ def log_key(config: Path, table: str = "server") -> VerifyKey:
     return SigningKey.load(section["signing_key"]).verify_key()
 
 
-def audit_report(config: Path, table: str = "server") -> VerificationReport:
-    """``audit.verify_log`` of the party's audit directory with its signing key."""
+def audit_report(config: Path, table: str = "server", *, live: bool = False) -> VerificationReport:
+    """``audit.verify_log`` of the party's audit directory with its signing key.
+
+    ``live``: the party is still running, so its newest entries may not be sealed by a signed
+    checkpoint yet (``allow_unsealed_tail``); a stopped party's log must be sealed whole.
+    """
     section = tomllib.loads(Path(config).read_text("utf-8"))[table]
-    return verify_log(section["audit_dir"], log_key(config, table))
+    return verify_log(section["audit_dir"], log_key(config, table), allow_unsealed_tail=live)
 
 
 def actions(report: VerificationReport, actor: str | None = None) -> Counter[str]:

@@ -62,7 +62,7 @@ class CappedRouter(RouterBase):
 
 def cap_weights(weights: torch.Tensor, mask: torch.Tensor, max_weight: float) -> torch.Tensor:
     """``[B, A]`` float64 weights (rows summing to 1 over ``mask``), none above ``max_weight`` where feasible."""
-    w = weights.detach().to(torch.float64) * mask
+    w = weights.detach().to(torch.float64) * mask  # float64 throughout: the cap must hold to the last bit
     present = mask.to(torch.float64)
     feasible = present.sum(dim=1, keepdim=True) * max_weight >= 1 - _SLACK
     capped = torch.zeros_like(w, dtype=torch.bool)
@@ -73,11 +73,12 @@ def cap_weights(weights: torch.Tensor, mask: torch.Tensor, max_weight: float) ->
         capped |= over
         w = torch.where(capped, torch.full_like(w, max_weight), w)
         free = mask & ~capped
-        left = (1 - max_weight * capped.sum(dim=1, keepdim=True)).clamp_min(0)
-        base = w * free
+        free_f = free.to(torch.float64)
+        left = (1 - max_weight * capped.to(torch.float64).sum(dim=1, keepdim=True)).clamp_min(0)
+        base = w * free_f
         mass = base.sum(dim=1, keepdim=True)
         share = torch.where(mass > 0, base / mass.clamp_min(torch.finfo(torch.float64).tiny),
-                            free / free.sum(dim=1, keepdim=True).clamp_min(1))
+                            free_f / free_f.sum(dim=1, keepdim=True).clamp_min(1))
         w = torch.where(free, left * share, w)
     equal = present / present.sum(dim=1, keepdim=True).clamp_min(1)
     out = torch.where(feasible, w, equal)

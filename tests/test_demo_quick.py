@@ -86,12 +86,15 @@ def test_training_moved_the_lora_weights_with_finite_kl_within_dp_budgets(demo: 
     assert 0 <= evaluation["gold_accuracy_after"] <= 1
 
 
-def test_report_is_self_contained_and_records_the_insecure_rng(demo: dict[str, Any]) -> None:
+def test_report_is_self_contained_and_records_the_dp_noise_source(demo: dict[str, Any]) -> None:
     page = (demo["out"] / "report.html").read_text("utf-8")
     assert page.count("data:image/png;base64,") == 4
     assert not re.search(r"""(src|href)=['"](?!data:)""", page), "report must not load anything from outside"
-    if demo["results"]["insecure"]:  # torchcsprng missing here: said in the report, not hidden
-        assert "INSECURE" in page and "pilot" in demo["results"]["insecure"][0]
+    # the default (finance) policy is a production policy: no pilot, no insecure RNG, nothing to excuse
+    assert demo["results"]["insecure"] == [] and "INSECURE" not in page
+    for agent in demo["results"]["agents"]:
+        assert agent["insecure_pilot"] is False and agent["noise_source"].startswith("os-csprng"), agent
+        assert agent["noise_source"] in page
 
 
 def test_reconciliation_fails_when_the_server_cuts_its_log(demo: dict[str, Any], tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ configs); what is the demo's own is its members, their private data and the run'
 * the consortium CA (named after ``policy.consortium``) and certificates for the server and
   key holder (served on ``localhost``/``127.0.0.1``), the three agents and an auditor (the
   demo's own mTLS identity for readiness probes);
-* the run's policy file: the chosen one copied byte for byte, or — when the agents cannot
-  draw DP noise from a cryptographic RNG (``torchcsprng`` missing) — the same policy marked
-  ``pilot = true``, because that is the only policy under which an agent may run
-  ``insecure_pilot``. That derivation is loud: it is returned in ``insecure`` and the caller
-  prints, records and reports it;
+* the run's policy file: the chosen one copied byte for byte — the members train under it as
+  it is, with DP noise from the OS CSPRNG — except that a ``fused-only`` policy which opts in
+  to public rounds gets ``privacy.public_round_digests`` set to this run's public calibration
+  and router rounds (what a consortium publishes; ``mor server public-digests``), since
+  members and the key holder open no other round per member;
 * each agent's private preference pairs (its own hidden style on its own domain) and its
   ``agent.toml``; the server's ``server.toml`` and ``training.toml``; under ``fused-only`` the
   key holder's ``keyholder.toml``.
@@ -25,7 +25,6 @@ Folder layout (relative to ``out``)::
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -131,11 +130,6 @@ class Deployment:
         return client_ssl_context(self.auditor_cert, self.auditor_key, self.ca_cert, self.crl)
 
 
-def secure_rng_available() -> bool:
-    """Whether Opacus ``secure_mode`` can run here (it needs ``torchcsprng``)."""
-    return importlib.util.find_spec("torchcsprng") is not None
-
-
 def write_toml(path: Path, tables: Mapping[str, Mapping[str, object]]) -> Path:
     """One ``[table]`` per entry (None values left out), headed by who wrote it."""
     return _write_toml(path, tables, header=HEADER)
@@ -156,9 +150,10 @@ def prepare_out(out: Path, *, overwrite: bool) -> None:
     (out / MARKER).write_text("This folder was written by `mor demo`; --overwrite may delete it.\n", "utf-8")
 
 
-def run_policy(source: Path, out: Path, *, secure_rng: bool) -> tuple[Path, Any, list[str]]:
+def run_policy(source: Path, out: Path, *, scale: Scale, seed: int) -> tuple[Path, Any, list[str]]:
     """The policy every party loads, written to ``out/policy.toml``; plus what it makes insecure."""
     from policies import PolicyError, load_policy, render_toml
+    from server.training_data import DataSection, public_round_digests
 
     try:
         with warnings.catch_warnings():
@@ -167,30 +162,29 @@ def run_policy(source: Path, out: Path, *, secure_rng: bool) -> tuple[Path, Any,
     except PolicyError as exc:
         raise ProvisionError(f"--policy: {exc}") from None
     target = out / "policy.toml"
-    insecure: list[str] = []
-    if secure_rng or policy.pilot:
-        shutil.copyfile(source, target)
+    if policy.privacy.mode == "fused-only" and policy.privacy.public_rounds_per_agent:
+        digests = public_round_digests(DataSection(), n_calibration=scale.n_calibration,
+                                       n_public_pairs=scale.n_public_pairs, seed=seed)
+        policy = policy.model_copy(update={"privacy": policy.privacy.model_copy(
+            update={"public_round_digests": list(digests.values())})})
+        target.write_text(f"# {source} with privacy.public_round_digests set to this run's public calibration and\n"
+                          "# router rounds, written by `mor demo` (a consortium publishes these: mor server "
+                          "public-digests).\n" + render_toml(policy), "utf-8")
     else:
-        policy = policy.model_copy(update={"pilot": True})
-        target.write_text(f"# {source} with pilot = true, written by `mor demo`: torchcsprng is not installed, so\n"
-                          "# the agents' DP noise cannot come from a cryptographic RNG (insecure_pilot).\n"
-                          + render_toml(policy), "utf-8")
-        insecure.append(f"torchcsprng is not installed: the agents run insecure_pilot (DP noise from a "
-                        f"non-cryptographic RNG) and the run's policy is {source.name} with pilot = true")
+        shutil.copyfile(source, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         policy = load_policy(target)
-    insecure += [r for r in policy.insecure_reasons() if not r.startswith("pilot = true") or not insecure]
-    return target, policy, insecure
+    return target, policy, list(policy.insecure_reasons())
 
 
 def _agent_tables(spec: AgentSpec, consortium: Deployment, tls: Mapping[str, object], scale: Scale,
-                  epsilon: float, delta: float, pilot: bool) -> dict[str, Mapping[str, object]]:
+                  epsilon: float, delta: float) -> dict[str, Mapping[str, object]]:
     base = consortium.out / "agents" / spec.name
     return {
         "agent": {"server_url": consortium.server_url, "server_identity": consortium.server_identity,
                   "policy": str(consortium.policy_path), "data_dir": str(base / "data"),
-                  "state_dir": str(base / "state"), "insecure_pilot": pilot},
+                  "state_dir": str(base / "state"), "insecure_pilot": False},
         "tls": tls,
         "model": {"arch": spec.arch, "params": dict(spec.params), "disclose_architecture": True},
         "privacy": {"epsilon": round(epsilon, 6), "delta": delta, "accountant": "prv"},
@@ -220,7 +214,7 @@ def write_training_config(consortium: Deployment, *, model_path: Path, scale: Sc
 
 
 def provision(out: Path, source_policy: Path, *, scale: Scale, seed: int = 0,
-              agents: tuple[AgentSpec, ...] = DEMO_AGENTS, secure_rng: bool | None = None) -> Deployment:
+              agents: tuple[AgentSpec, ...] = DEMO_AGENTS) -> Deployment:
     """Write the CA, certificates, policy, private data and configs of one demo consortium into ``out``.
 
     The server's ``training.toml`` comes later, from :func:`write_training_config`.
@@ -229,8 +223,7 @@ def provision(out: Path, source_policy: Path, *, scale: Scale, seed: int = 0,
     from crypto.errors import PKIError
     from sim.harness import ConsortiumPKI
 
-    secure = secure_rng_available() if secure_rng is None else secure_rng
-    policy_path, policy, insecure = run_policy(source_policy, out, secure_rng=secure)
+    policy_path, policy, insecure = run_policy(source_policy, out, scale=scale, seed=seed)
     fused_only = policy.privacy.mode == "fused-only"
     try:
         pki = ConsortiumPKI.create(out / "pki", policy.consortium)
@@ -255,8 +248,7 @@ def provision(out: Path, source_policy: Path, *, scale: Scale, seed: int = 0,
     for spec in agents:
         party = pki.party(spec.name)
         epsilon = spec.budget_share * policy.privacy.max_epsilon
-        tables = _agent_tables(spec, consortium, pki.tls(spec.name), scale, epsilon, policy.privacy.max_delta,
-                               not secure)
+        tables = _agent_tables(spec, consortium, pki.tls(spec.name), scale, epsilon, policy.privacy.max_delta)
         config = write_toml(out / "agents" / spec.name / "agent.toml", tables)
         save_pairs(build_client_pairs(spec.style, scale.n_pairs, seed=seed), out / "agents" / spec.name / "data")
         consortium.agents.append(AgentFiles(spec, party.identity, config, out / "agents" / spec.name / "state",

@@ -157,8 +157,10 @@ def render_html(results: dict[str, Any]) -> str:
     for note in training.get("notes", []):
         parts.append(f"<p>Note: {html.escape(str(note))}</p>")
     parts.append(_table([[a["name"], a["style"], a["arch"], a.get("epsilon_spent"), a.get("epsilon_budget"),
-                          a.get("delta"), a.get("within_budget")] for a in results.get("agents", [])],
-                        ["agent", "preference style", "reward model", "ε spent", "ε budget", "δ", "within budget"]))
+                          a.get("lifetime_epsilon"), a.get("delta"), a.get("within_budget"), a.get("noise_source")]
+                         for a in results.get("agents", [])],
+                        ["agent", "preference style", "reward model", "ε spent", "ε budget", "lifetime ε", "δ",
+                         "within budget", "DP noise source"]))
     for title, draw in PLOTS.items():
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
                      f"src='data:image/png;base64,{_png(draw, results)}'>")

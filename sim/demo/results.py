@@ -69,6 +69,7 @@ def _privacy(agent: AgentFiles, out: Path, policy: Any) -> dict[str, Any]:
             "epsilon_budget": agent.epsilon, "epsilon_spent": report.epsilon, "delta": report.delta,
             "accountant": report.accountant, "noise_multiplier": report.noise_multiplier, "steps": report.steps,
             "dataset_size": report.dataset_size, "insecure_pilot": report.insecure_pilot,
+            "noise_source": report.noise_source, "lifetime_epsilon": report.lifetime_epsilon,
             "within_budget": report.epsilon <= agent.epsilon + 1e-9 and report.epsilon <= policy.privacy.max_epsilon
             and report.delta <= policy.privacy.max_delta, "privacy_report": str(copy)}
 

@@ -2,6 +2,8 @@
 
 Writes ``DIR/eval.md`` (tables), ``DIR/eval.json`` (every number) and ``DIR/*.png``; the
 reference model and GRPO adapters stay under ``DIR/work`` (the warm start is cached there).
+``mor eval --robustness [--quick]`` instead prints the degradation curve of ``docs/robustness.md``
+(how far one malicious member moves the fused reward; no training, under a minute).
 """
 
 from __future__ import annotations
@@ -21,10 +23,16 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per method (same for all)")
     parser.add_argument("--quick", action="store_true", help="smaller data and budget (minutes, noisier)")
     parser.add_argument("--out", type=Path, default=Path("eval-out"), help="output folder (default: eval-out)")
+    parser.add_argument("--robustness", action="store_true",
+                        help="instead: how far one malicious member moves the fused reward (docs/robustness.md)")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
+    if args.robustness:
+        from sim.eval.robustness import main
+
+        return main(["--quick"] if args.quick else [])
     import transformers
 
     from sim.eval import EvalConfig, EvalError, run_eval, write_report

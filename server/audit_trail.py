@@ -15,6 +15,7 @@ writer's public key, obtained out of band (for agents: the key in ``EnrolRespons
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,21 @@ class AuditLogTrail:
                                   round_id=round_id if isinstance(round_id, str) else None,
                                   task_id=task_id if isinstance(task_id, str) else None, details=data)
         return AuditRecord(receipt.index, receipt.leaf_hash_hex)
+
+    def logged_decryptions(self, action: str = "decrypt.agent") -> int:
+        """Ciphertexts this server's log says were decrypted (sum of ``chunks``), across every restart.
+
+        Why from the log: the key owner counts only since the process started, and a custody
+        report that falls back to 0 after a restart understates what was ever released.
+        """
+        total = 0
+        with (self.log.directory / "entries.jsonl").open("r", encoding="utf-8") as lines:
+            for line in lines:
+                entry = json.loads(line).get("entry", {}) if line.strip() else {}
+                if entry.get("action") == action:
+                    chunks = (entry.get("details") or {}).get("chunks")
+                    total += chunks if isinstance(chunks, int) else 0
+        return total
 
     def head(self) -> Checkpoint:
         """A signed checkpoint covering every entry so far (the last one if it still does, else a new one)."""

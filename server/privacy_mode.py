@@ -172,6 +172,7 @@ class CkksMode(_Mode):
     """The server owns the CKKS secret key and decrypts each agent's vector (every decryption audited)."""
 
     key_owner: CKKSKeyOwner | None = None
+    decryptions_before: int = 0  # recorded in the audit log by earlier runs of this server
     name: ClassVar[PrivacyMode] = "ckks"
 
     def __post_init__(self) -> None:
@@ -193,7 +194,7 @@ class CkksMode(_Mode):
 
     @property
     def decryptions(self) -> int:
-        return self.owner.decryptions
+        return self.decryptions_before + self.owner.decryptions
 
     def fuse(self, router: RouterBase, inp: FusionInput) -> FusionOutcome:
         return fuse_ckks(router, inp, scores=self.scores, key_owner=self.owner, audit=self.audit, actor=self.actor,
@@ -272,7 +273,8 @@ MODES: dict[str, type[TlsOnlyMode] | type[CkksMode] | type[FusedOnlyMode]] = {
 def privacy_mode_for(name: str, *, scores: ScoreRange, audit: AuditTrail, actor: str = "server",
                      key_owner: CKKSKeyOwner | None = None, context: PublicContext | None = None,
                      keyholder: FusedDecryptor | None = None, public_rounds_per_agent: bool = False,
-                     owns_keyholder: bool = False, robust: RobustFusion = NO_ROBUSTNESS) -> PrivacyModeBehaviour:
+                     owns_keyholder: bool = False, robust: RobustFusion = NO_ROBUSTNESS,
+                     decryptions_before: int = 0) -> PrivacyModeBehaviour:
     """The mode object for a policy's mode name, refusing key material or options (``robust``) it may not have."""
     cls = MODES.get(name)
     if cls is None:
@@ -286,7 +288,7 @@ def privacy_mode_for(name: str, *, scores: ScoreRange, audit: AuditTrail, actor:
     if cls is CkksMode:
         if keyholder is not None:
             raise PrivacyModeError("ckks: the server decrypts itself and has no key holder")
-        return CkksMode(scores, audit, actor, robust, key_owner=key_owner)
+        return CkksMode(scores, audit, actor, robust, key_owner=key_owner, decryptions_before=decryptions_before)
     if key_owner is not None:
         raise PrivacyModeError("fused-only: the server must not hold a CKKSKeyOwner (the key holder owns the key)")
     return FusedOnlyMode(scores, audit, actor, robust, context=context, keyholder=keyholder,
@@ -321,8 +323,10 @@ def open_privacy_mode(config: ServerConfig, policy: Policy, *, audit: AuditTrail
     robust = RobustFusion(policy.fusion.clip_z, policy.fusion.aggregate, policy.fusion.trim_each_end)
     name = policy.privacy.mode
     if MODES[name] is CkksMode:
+        counted = getattr(audit, "logged_decryptions", None)  # earlier runs' decryptions, from the log
         return privacy_mode_for(name, scores=scores, audit=audit, robust=robust,
-                                key_owner=_load_key_owner(config.server.ckks_secret_context, policy, config.source))
+                                key_owner=_load_key_owner(config.server.ckks_secret_context, policy, config.source),
+                                decryptions_before=counted() if callable(counted) else 0)
     if MODES[name] is TlsOnlyMode:
         return privacy_mode_for(name, scores=scores, audit=audit, robust=robust)
     from crypto.tls import client_ssl_context

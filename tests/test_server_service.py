@@ -110,3 +110,26 @@ def test_cli_reports_bad_configs_in_one_line(tmp_path: Path, capsys: pytest.Capt
     policy.write_text(policy.read_text().replace('mode = "ckks"', 'mode = "tls-only"'))
     assert main(["server", "serve", "--config", str(config)]) == 2
     assert "privacy.mode" in capsys.readouterr().err
+
+
+def test_key_custody_counts_decryptions_from_the_log_across_restarts(tmp_path: Path) -> None:
+    """``/v1/status/keys`` reads decryptions from the audit log, so a restart does not reset them to 0."""
+    from server.fusion import ScoreRange
+    from server.privacy_mode import privacy_mode_for
+
+    key = SigningKey.generate()
+    trail = AuditLogTrail.open(tmp_path / "audit", key, origin="mor://testnet/server")
+    for chunks in (2, 3):
+        trail.record("server", "decrypt.agent", {"round_id": "router-1", "agent": "a", "chunks": chunks})
+    trail.record("server", "decrypt.fused", {"round_id": "score-1", "chunks": 7})  # not the server's own key
+    trail.close()
+    reopened = AuditLogTrail.open(tmp_path / "audit", key, origin="mor://testnet/server")
+    try:
+        assert reopened.logged_decryptions() == 5
+        owner = CKKSKeyOwner.generate()
+        mode = privacy_mode_for("ckks", scores=ScoreRange(-1, 1), audit=reopened, key_owner=owner,
+                                decryptions_before=reopened.logged_decryptions())
+        owner.decrypt(owner.public_context.encrypt([0.5]))
+        assert mode.decryptions == 6  # five before the restart, one since
+    finally:
+        reopened.close()

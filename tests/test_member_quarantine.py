@@ -11,16 +11,15 @@ fused reward is not finite is skipped instead of reaching TRL.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from test_rounds_coordinator import AGENTS, ITEMS, PROMPTS, World, expected, features
 
-from crypto.envelope import seal_scores
+from crypto.envelope import Envelope
 from server.quarantine import MEMBER_FAULTS, Quarantine, QuarantinePolicy, is_member_fault
 from server.rounds import RoundCoordinator, RoundPolicy
 
@@ -32,28 +31,14 @@ def world(tmp_path: Path) -> Iterator[World]:
     w.close()
 
 
-def _undecryptable_member(world: World, agent: str) -> None:
-    """Answers every task with its own correctly signed envelope whose ciphertext is someone else's bytes."""
-    assert world.owner is not None
+def _undecryptable(world: World, agent: str) -> Callable[[Envelope], Envelope]:
+    """The member's own, correctly signed envelope around bytes that are no ciphertext of the context."""
 
-    def loop() -> None:
-        while not world.stop.is_set():
-            world.state.touch_agent(agent, time.time())
-            task = world.state.next_task(agent, time.time())
-            if task is None:
-                time.sleep(0.01)
-                continue
-            good = seal_scores([0.0] * len(ITEMS), world.owner.public_context, signing_key=world.keys[agent],
-                               sender=agent, round_id=task.round_id, task_id=task.task_id)
-            unsigned = dataclasses.replace(good, ciphertexts=(b"\x01" * 4096,), signature=b"")
-            env = dataclasses.replace(unsigned, signature=world.keys[agent].sign(unsigned.signed_bytes()))
-            world.state.record_submission(task_id=task.task_id, agent=agent, round_id=task.round_id,
-                                          envelope_sha256=env.sha256(), envelope=env.to_dict(), receipt={},
-                                          now=time.time())
+    def tamper(env: Envelope) -> Envelope:
+        unsigned = dataclasses.replace(env, ciphertexts=(b"\x01" * 4096,), signature=b"")
+        return dataclasses.replace(unsigned, signature=world.keys[agent].sign(unsigned.signed_bytes()))
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    world.threads.append(thread)
+    return tamper
 
 
 def _coordinator(world: World, quarantine: Quarantine | None = None) -> RoundCoordinator:
@@ -65,7 +50,7 @@ def _coordinator(world: World, quarantine: Quarantine | None = None) -> RoundCoo
 def test_an_undecryptable_vector_drops_only_its_member_and_the_rest_is_fused(world: World) -> None:
     world.run_agent(AGENTS[0])
     world.run_agent(AGENTS[1])
-    _undecryptable_member(world, AGENTS[2])
+    world.run_agent(AGENTS[2], tamper=_undecryptable(world, AGENTS[2]))
     result = _coordinator(world).run_round("score", PROMPTS, ITEMS)
 
     assert result.status == "fused" and result.agents_used == AGENTS[:2]

@@ -24,7 +24,7 @@ from test_fusion_modes import input_dependent_router
 
 from corpus.types import Prompt
 from crypto.ckks import CKKSKeyOwner
-from crypto.envelope import seal_scores, sign_plain_scores
+from crypto.envelope import Envelope, seal_scores, sign_plain_scores
 from crypto.signing import SigningKey
 from server.federated_reward import FederatedReward
 from server.fusion import PrivacyModeError, ScoreRange
@@ -81,7 +81,9 @@ class World:
                                 policy=RoundPolicy(quorum=quorum, deadline_s=deadline_s, poll_interval_s=0.02),
                                 features=features, show_progress=False)
 
-    def run_agent(self, agent: str, delay: float = 0.0, score: ScoreFn | None = None) -> None:
+    def run_agent(self, agent: str, delay: float = 0.0, score: ScoreFn | None = None,
+                  tamper: Callable[[Envelope], Envelope] | None = None) -> None:
+        """A member answering every task through the store; ``tamper`` rewrites its signed envelope first."""
         score = score or agent_score(agent)
 
         def loop() -> None:
@@ -101,6 +103,7 @@ class World:
                 env = (seal_scores(values, self.owner.public_context, signing_key=key, sender=agent, round_id=rid,
                                    task_id=tid) if self.owner
                        else sign_plain_scores(values, signing_key=key, sender=agent, round_id=rid, task_id=tid))
+                env = tamper(env) if tamper else env
                 self.state.record_submission(task_id=task.task_id, agent=agent, round_id=task.round_id,
                                              envelope_sha256=env.sha256(), envelope=env.to_dict(), receipt={},
                                              now=time.time())

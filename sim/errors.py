@@ -11,6 +11,8 @@ stderr; anything else is a bug and keeps its traceback.
      ├── ProcessTimeoutError      a party did not become ready / finish in time (message: its log tail)
      ├── ReconcileError           an audit log could not be read at all (not: a failed check —
      │                            failed checks are results, recorded in ``results.json``)
+     ├── BenchMeasurementError    a benchmark could not measure what it would report (a round was
+     │                            skipped or failed): the section fails, it never prints a figure
      └── EvalError                the evaluation experiment refuses or cannot finish
           ├── EvalConfigError     a setting is out of range (names the setting and the reason)
           └── EvalRunError        a stage failed (names the stage, seed and method)
@@ -24,6 +26,10 @@ from __future__ import annotations
 
 class SimError(Exception):
     """Base class of every error raised under ``sim/``."""
+
+
+class BenchMeasurementError(SimError):
+    """A benchmark section's rounds were skipped or failed, so it has no honest figure to report."""
 
 
 class ProvisionError(SimError):

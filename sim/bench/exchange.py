@@ -41,6 +41,7 @@ from server.router import LearnedRouter
 from sim.bench.fleet import AgentProcess, Mode, bench_pki, start_keyholder_process, start_server
 from sim.bench.stages import STAGES, StageClock, TimedRouter, breakdown, timed_features, timed_privacy
 from sim.bench.stats import Figure, SectionResult, paired
+from sim.errors import BenchMeasurementError
 from sim.harness import ConsortiumPKI
 
 SECTION = "1 exchange"
@@ -170,7 +171,7 @@ class ModeWorld:
         replies = {a.identity: a.reply() for a in self.agents}
         errors = {a: r["error"] for a, r in replies.items() if "error" in r}
         if errors or result.skipped or result.rewards is None:
-            raise RuntimeError(f"{self.mode} round failed: {result.reason or errors}")
+            raise BenchMeasurementError(f"{self.mode} round failed: {result.reason or errors}")
         stages = breakdown(t0, t1, replies, self.clock)
         return stages, {a: r["scores"] for a, r in replies.items()}, result.rewards
 

@@ -1,7 +1,8 @@
 """The privacy mode as one object: what the server may hold, accept, open and fuse.
 
-The policy names a mode (``tls-only`` / ``ckks`` / ``fused-only``); :func:`open_privacy_mode`
-(at wiring, from the server config) or :func:`privacy_mode_for` (tests, benchmarks) turn that
+The policy names a mode (``tls-only`` / ``ckks`` / ``fused-only``);
+:func:`server.privacy_material.open_privacy_mode` (at wiring, from the server config, where each
+mode's key material is found) or :func:`privacy_mode_for` (tests, benchmarks) turn that
 name into one of three classes, once. The services, the submissions route, the round
 coordinator and the trainer are handed that object and ask it; none of them tests the
 name. Outside this module, the name is only printed (status page, audit entries).
@@ -33,14 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
-from crypto.ckks import CKKSKeyOwner, CKKSParameters, PublicContext
+from crypto.ckks import CKKSKeyOwner, PublicContext
 from crypto.envelope import Envelope, OpenedEnvelope, PayloadKind
 from crypto.errors import IntegrityError
 from server.agent_vectors import AgentDecryptor, decrypt_vectors, keyholder_vectors, plain_vectors
-from server.errors import ConfigError, EnvelopeModeError, PrivacyModeError
+from server.errors import EnvelopeModeError, PrivacyModeError
 from server.fusion import (
     FusedDecryptor,
     FusionInput,
@@ -54,10 +54,6 @@ from server.robust_fusion import NO_ROBUSTNESS, RobustFusion
 from server.router.base import RouterBase
 from server.services import AuditTrail
 from wire.messages import PrivacyMode
-
-if TYPE_CHECKING:
-    from policies import Policy
-    from server.config import ServerConfig
 
 Vectors = tuple[dict[str, list[float]], dict[str, str]]
 
@@ -295,55 +291,4 @@ def privacy_mode_for(name: str, *, scores: ScoreRange, audit: AuditTrail, actor:
                          public_rounds_per_agent=public_rounds_per_agent, owns_keyholder=owns_keyholder)
 
 
-def _load_key_owner(path: Path | None, policy: Policy, source: Path | None) -> CKKSKeyOwner:
-    """ckks: the server's secret context from its file, created on first start with the policy's parameters."""
-    if path is None:
-        raise ConfigError(f"{source}: [server].ckks_secret_context: required under privacy mode ckks")
-    wanted = policy.ckks
-    parameters = CKKSParameters(wanted.poly_modulus_degree, tuple(wanted.coeff_mod_bit_sizes), wanted.scale_bits)
-    if not path.exists():
-        owner = CKKSKeyOwner.generate(parameters, precision=wanted.release_precision)
-        owner.save(path)
-        return owner
-    owner = CKKSKeyOwner.load(path, precision=wanted.release_precision)
-    if owner.parameters != parameters:
-        raise ConfigError(f"{path}: CKKS context has {owner.parameters}; the policy asks for {parameters} "
-                          "(rotate the key: move the file away and restart)")
-    return owner
-
-
-def open_privacy_mode(config: ServerConfig, policy: Policy, *, audit: AuditTrail) -> PrivacyModeBehaviour:
-    """The server's mode object with its key material, from its config: the one place material is found.
-
-    ckks loads (or creates) the secret context; fused-only opens the key-holder client (mutual
-    TLS with the server's certificate), fetches its public context and keeps the client for
-    the trainer — close the result at shutdown. ConfigError names the file and the key.
-    """
-    scores = ScoreRange(policy.scores.min, policy.scores.max, policy.scores.out_of_range)
-    robust = RobustFusion(policy.fusion.clip_z, policy.fusion.aggregate, policy.fusion.trim_each_end)
-    name = policy.privacy.mode
-    if MODES[name] is CkksMode:
-        counted = getattr(audit, "logged_decryptions", None)  # earlier runs' decryptions, from the log
-        return privacy_mode_for(name, scores=scores, audit=audit, robust=robust,
-                                key_owner=_load_key_owner(config.server.ckks_secret_context, policy, config.source),
-                                decryptions_before=counted() if callable(counted) else 0)
-    if MODES[name] is TlsOnlyMode:
-        return privacy_mode_for(name, scores=scores, audit=audit, robust=robust)
-    from crypto.tls import client_ssl_context
-    from server.keyholder.client import KeyHolderClient
-
-    if config.server.keyholder_url is None:
-        raise ConfigError(f"{config.source}: [server].keyholder_url: required under privacy mode fused-only")
-    tls = config.tls
-    client = KeyHolderClient(config.server.keyholder_url, client_ssl_context(tls.cert, tls.key, tls.ca, tls.crl))
-    try:
-        return privacy_mode_for(name, scores=scores, audit=audit, context=client.public_context(), keyholder=client,
-                                robust=robust, public_rounds_per_agent=policy.privacy.public_rounds_per_agent,
-                                owns_keyholder=True)
-    except BaseException:
-        client.close()
-        raise
-
-
-__all__ = ["MODES", "CkksMode", "FusedOnlyMode", "PrivacyModeBehaviour", "TlsOnlyMode", "open_privacy_mode",
-           "privacy_mode_for"]
+__all__ = ["MODES", "CkksMode", "FusedOnlyMode", "PrivacyModeBehaviour", "TlsOnlyMode", "privacy_mode_for"]

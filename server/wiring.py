@@ -2,7 +2,7 @@
 
 The only place that knows where each dependency comes from: config -> policy, state store,
 audit log, keys, the privacy-mode object with its key material
-(:func:`server.privacy_mode.open_privacy_mode`), TLS context -> :class:`Services`, bundled
+(:func:`server.privacy_material.open_privacy_mode`), TLS context -> :class:`Services`, bundled
 with what must be closed at shutdown in a :class:`ServerRuntime` / :class:`KeyHolderRuntime`.
 Running them (threads, signals, shutdown) is :mod:`server.runner`.
 
@@ -35,7 +35,7 @@ from server.errors import ConfigError
 from server.keyholder.app import KeyHolderServices
 from server.keyholder.config import KeyHolderConfig
 from server.keyholder.public_rounds import PublicRoundGate
-from server.privacy_mode import open_privacy_mode
+from server.privacy_material import open_privacy_mode
 from server.services import ServicePolicy, Services
 from server.state import StateStore
 

@@ -5,6 +5,8 @@ first bad entry: file, line, index, reason), 2 on usage errors (no such director
 Entries no signed checkpoint covers fail it unless ``--allow-unsealed-tail`` says the log is
 still being written.
 ``show`` does not verify: it prints what the lines say, for people; trust comes from ``verify``.
+``fetch`` downloads a verifiable copy of a running server's log with an auditor certificate
+(:mod:`mor_cli.audit_fetch`); it exits 1 and keeps nothing at ``--out`` if the copy fails.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mor_cli import audit_fetch
 from mor_cli.main import CommandError
 
 
@@ -32,6 +35,8 @@ def register(subparsers: Any) -> None:
                         "by default they fail verification")
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    audit_fetch.register(actions)
+
     show = actions.add_parser("show", help="print entries readably (unverified: run verify for trust)")
     show.add_argument("log_dir", metavar="LOG_DIR", help="audit log directory")
     show.add_argument("--actor", help="only entries by this identity")
@@ -47,6 +52,8 @@ def handle(args: argparse.Namespace) -> int:
     from crypto.errors import CryptoError
 
     try:
+        if args.audit_action == "fetch":
+            return audit_fetch.fetch(args)
         return _verify(args) if args.audit_action == "verify" else _show(args)
     except (AuditError, CryptoError) as exc:
         raise CommandError(str(exc)) from None

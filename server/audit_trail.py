@@ -11,6 +11,9 @@ checkpoint's hex signature travels as base64 and its ``root`` as ``root_sha256``
 bytes are the audit package's own (:meth:`audit.Checkpoint.signed_bytes`), so a verifier
 rebuilds the :class:`audit.Checkpoint` with :func:`audit.wire_form.checkpoint_from_wire` and checks it with the
 writer's public key, obtained out of band (for agents: the key in ``EnrolResponse``).
+
+Auditors read the log itself back (:class:`server.audit_export.AuditExport`): the files' exact
+lines, so a copy written from them is the log byte for byte and verifies as the original would.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from audit import AuditLog, Checkpoint
+from audit.storage import CHECKPOINTS, ENTRIES, PUBLIC_KEY
 from audit.wire_form import checkpoint_to_wire, inclusion_to_wire
 from crypto.signing import SigningKey
+from server.audit_export import LineIndex
 from server.services import AuditRecord
 
 
@@ -31,6 +36,8 @@ class AuditLogTrail:
 
     def __init__(self, log: AuditLog) -> None:
         self.log = log
+        self._entries = LineIndex(log.directory / ENTRIES)
+        self._checkpoints = LineIndex(log.directory / CHECKPOINTS)
 
     @classmethod
     def open(cls, directory: Path, signing_key: SigningKey, *, origin: str,
@@ -80,6 +87,21 @@ class AuditLogTrail:
 
     def size(self) -> int:
         return self.log.size
+
+    def entry_lines(self, start: int, limit: int) -> tuple[list[str], int]:
+        """Entries from ``start``, never past the log's size as read first (a line is written before it counts)."""
+        size = self.log.size
+        return self._entries.read(start, limit, stop=size), size
+
+    def checkpoint_lines(self, start: int, limit: int) -> tuple[list[str], int]:
+        total = self._checkpoints.count()
+        return self._checkpoints.read(start, limit, stop=total), total
+
+    def consistency(self, old_size: int, new_size: int) -> list[str]:
+        return list(self.log.consistency_proof(old_size, new_size).path)
+
+    def public_key_pem(self) -> bytes:
+        return (self.log.directory / PUBLIC_KEY).read_bytes()
 
     def close(self) -> None:
         """Final signed checkpoint, then release the directory (idempotent)."""

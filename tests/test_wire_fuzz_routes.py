@@ -47,7 +47,7 @@ from server.wiring import open_keyholder, open_server
 from sim.harness import write_toml
 from wire.messages import ErrorBody, TaskItem, TaskPayload
 
-EXAMPLES_PER_ROUTE = 100  # 11 server + 4 key-holder routes: about 20 s in all on 2 shared cores
+EXAMPLES_PER_ROUTE = 100  # 17 server + 4 key-holder routes: about 30 s in all on 2 shared cores
 FUZZ = settings(max_examples=EXAMPLES_PER_ROUTE, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.filter_too_much])
@@ -202,10 +202,11 @@ def _fuzz_every_route(target: Target, callers: list[Party | None]) -> list[str]:
 
 
 def test_every_server_route_answers_hostile_input_with_an_audited_4xx(server: Target, pki: TestPKI) -> None:
-    alice = server.peer.party
-    fuzzed = _fuzz_every_route(server, [alice, alice, alice, pki.issue("carol"), pki.server, None])
+    alice, audrey = server.peer.party, pki.issue("audrey", "auditor")  # the auditor reaches the range parsing
+    fuzzed = _fuzz_every_route(server, [alice, alice, alice, pki.issue("carol"), pki.server, audrey, audrey, None])
     assert {"POST /v1/enrol", "POST /v1/submissions", "POST /v1/calibration", "GET /v1/tasks/next",
-            "POST /v1/tasks/{task_id}/decline", "GET /v1/audit/proof/{index}"} <= set(fuzzed)
+            "POST /v1/tasks/{task_id}/decline", "GET /v1/audit/proof/{index}", "GET /v1/audit/entries",
+            "GET /v1/audit/checkpoints", "GET /v1/audit/consistency", "GET /v1/privacy-reports"} <= set(fuzzed)
 
 
 def test_every_key_holder_route_answers_hostile_input_with_an_audited_4xx(keyholder: Target, pki: TestPKI) -> None:

@@ -20,6 +20,8 @@ certificate, never from a field in these messages)::
     GET  /v1/audit/proof/{index}   -> SignedInclusionProof
     GET  /v1/status                -> ServerStatus        (and GET /status: the HTML page)
 
+Auditor-only routes (the whole log, consistency proofs, privacy reports, digests): :mod:`wire.audit_export`.
+
 Key holder (fused-only mode; a separate process that owns the CKKS secret key)::
 
     GET  /v1/context               (octet-stream: the public CKKS context)

@@ -32,6 +32,15 @@ def client_caller(request: Request) -> Caller:
     return caller
 
 
+def auditor_caller(request: Request) -> Caller:
+    """A caller with an ``auditor`` certificate: the whole log and every member's report are theirs only."""
+    caller = any_caller(request)
+    if caller.role != "auditor":
+        raise Rejection(403, "auditor_only", f"{caller.identity} has role {caller.role!r}; this endpoint is for "
+                                             "'auditor' certificates only")
+    return caller
+
+
 def enrolled_agent(request: Request) -> tuple[Caller, dict[str, Any]]:
     """A ``client`` caller that has enrolled; refreshes its last-seen time."""
     caller = client_caller(request)

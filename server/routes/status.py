@@ -4,6 +4,11 @@
 ``fused-only`` the server must hold no CKKS secret key (``holds_secret_key`` is false and the
 context it serves at ``/v1/context`` is public-only), under ``ckks`` it holds one and counts
 its decryptions.
+
+What a member's certificate sees of the status: the consortium-wide figures (rounds, audit
+head, router, datasets, CRL) and **its own** row only — other members' ε, architecture,
+activity and quarantine are theirs and the auditor's (``server.routes.auditor``). Auditors,
+and the serving roles, see every member.
 """
 
 from __future__ import annotations
@@ -47,8 +52,15 @@ def _lifetime_spent(row: dict[str, object]) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def server_status(services: Services) -> StatusSnapshot:
-    """Snapshot of rounds, agents, budgets, the audit head and the router in use (read-only)."""
+def _shown(viewer: Caller | None, member: str) -> bool:
+    return viewer is None or viewer.role != "client" or viewer.identity == member
+
+
+def server_status(services: Services, viewer: Caller | None = None) -> StatusSnapshot:
+    """Snapshot of rounds, agents, budgets, the audit head and the router in use (read-only).
+
+    ``viewer``: a ``client`` caller sees only its own member row (see the module docstring).
+    """
     state, policy, now = services.state, services.policy, services.clock()
     with state.engine.connect() as conn:
         per_agent: dict[str, int] = dict(conn.execute(  # type: ignore[arg-type]
@@ -61,7 +73,7 @@ def server_status(services: Services) -> StatusSnapshot:
                     online=a["last_seen"] is not None and now - a["last_seen"] <= policy.online_window_s,
                     submissions=int(per_agent.get(a["identity"], 0)),
                     lifetime_epsilon=_lifetime_spent(a), lifetime_budget=policy.lifetime_epsilon)
-        for a in state.list_agents()
+        for a in state.list_agents() if _shown(viewer, a["identity"])
     ]
     counts = state.round_counts()
     head = services.audit.checkpoint()
@@ -78,20 +90,20 @@ def server_status(services: Services) -> StatusSnapshot:
                               domains=d["domains"], loaded_at=d["loaded_at"]) for d in state.list_datasets()],
         member_health=[MemberHealthView(agent=a, consecutive_failures=h["failures"],
                                         quarantined_until=h["quarantined_until"], reason=h["reason"])
-                       for a, h in sorted(state.member_health().items()) if h["failures"]],
+                       for a, h in sorted(state.member_health().items()) if h["failures"] and _shown(viewer, a)],
         crl_next_update=crl.next_update.timestamp() if crl and crl.next_update else None,
         crl_warning=crl.warning if crl else "revocation list unusable: every connection is refused",
     )
 
 
 @router.get("/v1/status", response_model=StatusSnapshot, summary="Server status (JSON)")
-def status_json(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> StatusSnapshot:
-    return server_status(services_of(request))
+def status_json(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> StatusSnapshot:
+    return server_status(services_of(request), caller)
 
 
 @router.get("/status", response_class=HTMLResponse, summary="Server status page (HTML)")
-def status_html(request: Request, _caller: Annotated[Caller, Depends(any_caller)]) -> HTMLResponse:
-    return HTMLResponse(render_status_page(server_status(services_of(request))))
+def status_html(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> HTMLResponse:
+    return HTMLResponse(render_status_page(server_status(services_of(request), caller)))
 
 
 @router.get("/v1/status/keys", response_model=KeyCustody, summary="Which CKKS key material this server holds")

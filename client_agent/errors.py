@@ -15,6 +15,7 @@ One tree, so the agent loop (and the ``mor client`` command) can catch exactly w
      │    └── TrainingIntegrityError a trainable parameter did not move or became non-finite
      │                              during DP training (Opacus + PEFT issue #820 class), or
      │                              the recomputed ε disagrees with the reported one
+     ├── PrivacyAuditError         the empirical privacy audit cannot run as asked (settings, data, scores)
      ├── AgentConfigError          agent.toml unreadable or invalid (file, [table].key, reason)
      ├── ScoringError              a task payload cannot be scored (bad image, index, non-finite score)
      ├── LedgerError               the durable task ledger cannot be opened, read or written
@@ -65,6 +66,10 @@ class LifetimeBudgetExceededError(PrivacyError):
 
 class TrainingIntegrityError(PrivacyError):
     """Training produced parameters or accounting that cannot be trusted."""
+
+
+class PrivacyAuditError(ClientAgentError):
+    """``mor privacy audit`` cannot run as asked: bad settings, too little data, a non-finite score."""
 
 
 class AgentConfigError(ClientAgentError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from client_agent.privacy_report import PrivacyReport, SignedPrivacyReport
 from client_agent.rewards.base import RewardModel
 from client_agent.rewards.registry import build_reward_model as build_from_registry
 from client_agent.rewards.registry import load_reward_model
+from corpus.types import PreferencePair
 from crypto.errors import IntegrityError
 from crypto.signing import SigningKey
 from policies.lifetime import composition_statement
@@ -42,19 +44,17 @@ def build_reward_model(config: AgentConfig) -> RewardModel:
     return build_from_registry(config.model.arch, dict(config.model.params))
 
 
-def train_reward_model(config: AgentConfig, *, identity: str, signing_key: SigningKey, progress: bool = True,
-                       now: datetime | None = None, ledger: LifetimeLedger | None = None,
-                       ) -> tuple[RewardModel, SignedPrivacyReport, PrivateTrainingResult]:
-    """Train under DP on ``[agent].data_dir``; save the model and the signed report in ``state_dir``.
+def train_configured(config: AgentConfig, pairs: Sequence[PreferencePair], *, progress: bool = True,
+                     approve: Callable[[float, float, int], None] | None = None,
+                     ) -> tuple[RewardModel, PrivateTrainingResult]:
+    """A fresh model of the configured architecture, DP-trained on ``pairs`` with the config's settings.
 
-    With a ``ledger`` the run is refused before its first step if it would pass the policy's
-    lifetime ε, and the report carries the earlier runs and the composed lifetime ε.
+    The one place that turns ``agent.toml`` into a :func:`train_private` call, so that ``mor client
+    train`` and the empirical privacy audit (:mod:`client_agent.privacy_audit`), which retrains on
+    the private pairs plus canaries, audit the very training a member runs.
     """
     import torch
 
-    from corpus.dataset import load_pair_dataset
-
-    pairs = load_pair_dataset(config.agent.data_dir).pairs
     policy = config.consortium_policy()
     model = build_reward_model(config)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.training.lr)
@@ -65,9 +65,24 @@ def train_reward_model(config: AgentConfig, *, identity: str, signing_key: Signi
         epochs=config.training.epochs, batch_size=min(config.training.batch_size, len(pairs)),
         max_grad_norm=config.training.max_grad_norm, accountant=config.privacy.accountant,
         secure_mode=not config.agent.insecure_pilot, insecure_pilot=config.agent.insecure_pilot,
-        clipping=config.training.clipping, seed=config.training.seed, progress=progress,
-        approve=ledger.approve if ledger is not None else None,
+        clipping=config.training.clipping, seed=config.training.seed, progress=progress, approve=approve,
     )
+    return model, result
+
+
+def train_reward_model(config: AgentConfig, *, identity: str, signing_key: SigningKey, progress: bool = True,
+                       now: datetime | None = None, ledger: LifetimeLedger | None = None,
+                       ) -> tuple[RewardModel, SignedPrivacyReport, PrivateTrainingResult]:
+    """Train under DP on ``[agent].data_dir``; save the model and the signed report in ``state_dir``.
+
+    With a ``ledger`` the run is refused before its first step if it would pass the policy's
+    lifetime ε, and the report carries the earlier runs and the composed lifetime ε.
+    """
+    from corpus.dataset import load_pair_dataset
+
+    pairs = load_pair_dataset(config.agent.data_dir).pairs
+    model, result = train_configured(config, pairs, progress=progress,
+                                     approve=ledger.approve if ledger is not None else None)
     model.save(config.model_dir)
     lifetime = None
     if ledger is not None:
@@ -76,11 +91,12 @@ def train_reward_model(config: AgentConfig, *, identity: str, signing_key: Signi
     signed = PrivacyReport.from_training(result, agent_id=identity, model_digest=model.model_digest(), now=now,
                                          prior_runs=ledger.runs if ledger is not None else (),
                                          lifetime=lifetime).sign(signing_key)
-    _write_atomically(config.privacy_report_path, signed.to_json().encode())
+    write_atomically(config.privacy_report_path, signed.to_json().encode())
     return model, signed, result
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, then rename: a crash leaves the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as handle:

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 from mor_cli.errors import CommandError
 
-COMMAND_MODULES = ("ca", "policy", "audit", "data", "model", "client", "server", "keyholder", "demo", "eval", "bench")
+COMMAND_MODULES = ("ca", "policy", "audit", "data", "model", "client", "privacy", "server", "keyholder", "demo", "eval",
+                   "bench")
 
 __all__ = ["CommandError", "build_parser", "main"]
 

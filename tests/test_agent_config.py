@@ -136,6 +136,23 @@ def test_init_config_cli(tmp_path: Path, setup: tuple[Path, Path], capsys: pytes
     assert "fill in the required keys: [agent].server_url" in capsys.readouterr().out
 
 
+def test_init_config_sets_model_params(tmp_path: Path, setup: tuple[Path, Path],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A member with an HF reward model sets its path (and typed knobs) without editing the file."""
+    out = tmp_path / "agent.toml"
+    args = ["client", "init-config", "--out", str(out), "--server-url", "https://127.0.0.1:9", "--server-identity",
+            "mor://testnet/server/server", "--policy", str(setup[0]), "--cert", "c.pem", "--key", "k.pem",
+            "--ca", "ca.pem", "--crl", "crl.pem", "--epsilon", "3", "--delta", "1e-6", "--arch", "frozen-mlp",
+            "--model-param", "hidden=64"]
+    assert main(args) == 0
+    assert load_agent_config(out).model.params == {"hidden": 64}
+    assert main([*args, "--force", "--model-param", "no equals sign"]) == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    assert main([*args, "--force", "--model-param", "hiden=32"]) == 2  # checked against the factory, before writing
+    assert "params.hiden: not a parameter of frozen-mlp" in capsys.readouterr().err
+    assert load_agent_config(out).model.params == {"hidden": 64}  # a refused config never overwrites a good one
+
+
 def test_run_with_a_broken_config_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["client", "run", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err

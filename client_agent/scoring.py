@@ -87,7 +87,8 @@ def score_items(model: RewardModel, prompts: Sequence[PromptPayload], items: Seq
             raise ScoringError(f"items[{k}].prompt_index={item.prompt_index}: the task has {len(decoded)} prompts")
     out: list[torch.Tensor] = []
     starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc="scoring", unit="batch", disable=not progress or len(starts) < 2, leave=False):
+    for start in tqdm(starts, desc="scoring", unit="batch", disable=None if progress and len(starts) >= 2 else True,
+                      leave=False):
         chunk = items[start:start + batch_size]
         images = [decoded[i.prompt_index][0] for i in chunk]
         questions = [decoded[i.prompt_index][1] for i in chunk]

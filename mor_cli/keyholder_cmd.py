@@ -6,7 +6,6 @@ Stops gracefully on SIGTERM/SIGINT: final signed checkpoint of its audit log, ex
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 from mor_cli.main import CommandError
@@ -19,15 +18,18 @@ def register(subparsers: Any) -> None:
     serve = actions.add_parser("serve", help="serve the key holder over mutual TLS")
     serve.add_argument("--config", required=True, help="key holder TOML (see server/keyholder/config.py)")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default=None, choices=["text", "json"],
+                       help="log lines as text or one JSON object per line (default: [observability].log_format)")
     add_site_key_actions(actions, "keyholder")
     parser.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
     from server.errors import ServerError
+    from server.observability.logs import configure_logging
     from server.runner import serve_keyholder
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         serve_keyholder(args.config, log_level=args.log_level)
     except ServerError as exc:

@@ -31,6 +31,11 @@ Example ``server.toml``::
     handshake_timeout_s = 10.0
     idle_timeout_s = 15.0
     fd_reserve = 128
+
+    [observability]                              # optional (server.observability.settings)
+    probe_host = "127.0.0.1"                     # plain-HTTP /livez /readyz /metrics: no client certificate
+    probe_port = 9464                            # leave out: no probe listener
+    log_format = "text"                          # text | json; --log-format wins
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from server.errors import ConfigError
+from server.observability.settings import ObservabilitySettings
 from server.state_files import check_database_url
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -122,6 +128,8 @@ class ServerConfig(FrozenConfig):
     tls: TLSFiles
     connections: ConnectionLimits = Field(default=ConnectionLimits(),
                                           description="bounds on connections and handshakes (denial of service)")
+    observability: ObservabilitySettings = Field(default=ObservabilitySettings(),
+                                                 description="probe/metrics listener and log format")
     source: Path | None = Field(None, description="the file this was loaded from")
 
 

@@ -25,6 +25,8 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from server.observability.logs import uvicorn_log_config
+
 TLS_EXTENSION = "tls"
 
 
@@ -109,6 +111,7 @@ def uvicorn_config(
     """A uvicorn ``Config`` serving ``app`` over the given (mutual) TLS context (``gate``: a ConnectionGate)."""
     if ssl_context.verify_mode != ssl.CERT_REQUIRED:
         raise ValueError("refusing to serve: the TLS context does not require client certificates")
+    kwargs.setdefault("log_config", uvicorn_log_config())  # JSON logs: no handlers of uvicorn's own
     config = GuardedConfig(
         app,
         host=host,

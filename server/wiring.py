@@ -35,6 +35,9 @@ from server.errors import ConfigError
 from server.keyholder.app import KeyHolderServices
 from server.keyholder.config import KeyHolderConfig
 from server.keyholder.public_rounds import PublicRoundGate
+from server.observability.logs import adopt_config_format
+from server.observability.metrics import MeteredAuditTrail, PartyMetrics
+from server.observability.wiring import Observability, observe_keyholder, observe_server
 from server.privacy_material import open_privacy_mode
 from server.services import ServicePolicy, Services
 from server.state import StateStore
@@ -75,12 +78,17 @@ def service_policy(policy_path: Path) -> ServicePolicy:
     return service_policy_of(load_consortium_policy(policy_path))
 
 
-def open_audit(audit_dir: Path, signing_key: SigningKey, *, origin: str, checkpoint_every: int = 64) -> AuditLogTrail:
-    """Seam: the audit package's log in ``audit_dir`` -> the service's :class:`AuditTrail` (close it!)."""
+def open_audit(audit_dir: Path, signing_key: SigningKey, *, origin: str, checkpoint_every: int = 64,
+               metrics: PartyMetrics | None = None) -> AuditLogTrail:
+    """Seam: the audit package's log in ``audit_dir`` -> the service's :class:`AuditTrail` (close it!).
+
+    With ``metrics``, every entry written is also counted (:class:`MeteredAuditTrail`).
+    """
     try:
-        return AuditLogTrail.open(audit_dir, signing_key, origin=origin, checkpoint_every=checkpoint_every)
+        trail = AuditLogTrail.open(audit_dir, signing_key, origin=origin, checkpoint_every=checkpoint_every)
     except AuditError as exc:
         raise ConfigError(f"audit log {audit_dir}: {exc}") from None
+    return trail if metrics is None else MeteredAuditTrail(trail.log, metrics.observe)
 
 
 @dataclass
@@ -93,9 +101,17 @@ class ServerRuntime:
     audit: AuditLogTrail
     ssl_context: ssl.SSLContext
     tls_reloader: TlsReloader | None = None  # renewed certificate and refreshed CRL, without a restart
+    observability: Observability | None = None  # metrics and the probe listener ([observability])
+
+    def serving(self, api_alive: Any) -> None:
+        """The API listens: readiness follows ``api_alive`` from now on."""
+        if self.observability is not None:
+            self.observability.serving(api_alive)
 
     def close(self) -> None:
         """Release the mode's key-holder connection, sign the final audit checkpoint and release the log."""
+        if self.observability is not None:
+            self.observability.close()
         if self.tls_reloader is not None:
             self.tls_reloader.stop()
         self.services.privacy.close()
@@ -123,6 +139,7 @@ def _check_consortium(config: ServerConfig, policy: Policy) -> None:
 
 def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntime:
     """Everything the app and the trainer need, from a loaded config; close the result at shutdown."""
+    adopt_config_format(config.observability.log_format)
     policy = load_consortium_policy(config.server.policy)
     _check_crl(config, policy)
     service = service_policy_of(policy)
@@ -132,8 +149,9 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         signing_key = SigningKey.load_or_create(config.server.signing_key)
     except CryptoError as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
+    metrics = PartyMetrics()
     audit = open_audit(config.server.audit_dir, signing_key, origin=f"mor://{policy.consortium}/server",
-                       checkpoint_every=policy.audit.checkpoint_every)
+                       checkpoint_every=policy.audit.checkpoint_every, metrics=metrics)
     privacy = None
     try:
         privacy = open_privacy_mode(config, policy, audit=audit)
@@ -145,6 +163,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         services = Services(policy=service, state=StateStore(config.server.database_url, clock=clock), audit=audit,
                             signing_key=signing_key, admission=admission, privacy=privacy, clock=clock,
                             long_poll_max_s=config.server.long_poll_max_s)
+        observability = observe_server(config, services, metrics)
     except BaseException as exc:
         if privacy is not None:
             privacy.close()
@@ -154,7 +173,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         raise
     reloader = TlsReloader(context, cert=config.tls.cert, key=config.tls.key, crl=config.tls.crl, label="server")
     return ServerRuntime(config=config, policy=policy, services=services, audit=audit, ssl_context=context,
-                         tls_reloader=reloader.watch())
+                         tls_reloader=reloader.watch(), observability=observability)
 
 
 @dataclass
@@ -166,8 +185,15 @@ class KeyHolderRuntime:
     audit: AuditLogTrail
     ssl_context: ssl.SSLContext
     tls_reloader: TlsReloader | None = None
+    observability: Observability | None = None
+
+    def serving(self, api_alive: Any) -> None:
+        if self.observability is not None:
+            self.observability.serving(api_alive)
 
     def close(self) -> None:
+        if self.observability is not None:
+            self.observability.close()
         if self.tls_reloader is not None:
             self.tls_reloader.stop()
         self.audit.close()
@@ -192,6 +218,7 @@ def _public_round_gate(config: KeyHolderConfig, consortium: str, owner: CKKSKeyO
 def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
     """The key holder's services (loads or creates its secret context); close the result at shutdown."""
     section = config.keyholder
+    adopt_config_format(config.observability.log_format)
     try:
         consortium = parse_identity(section.server_identity)[0]
         context = server_ssl_context(config.tls.cert, config.tls.key, config.tls.ca, config.tls.crl)
@@ -207,16 +234,22 @@ def open_keyholder(config: KeyHolderConfig) -> KeyHolderRuntime:
     except (CryptoError, OSError) as exc:
         raise ConfigError(f"{config.source}: {exc}") from None
     public_rounds = _public_round_gate(config, consortium, owner, revocations)
-    audit = open_audit(section.audit_dir, signing_key, origin=f"mor://{consortium}/keyholder")
+    metrics = PartyMetrics()
+    audit = open_audit(section.audit_dir, signing_key, origin=f"mor://{consortium}/keyholder", metrics=metrics)
     services = KeyHolderServices(owner=owner, server_identity=section.server_identity, audit=audit,
                                  admission=admission, max_body_bytes=section.max_body_bytes,
                                  public_rounds=public_rounds)
     audit.record("keyholder", "keyholder.per_agent_policy", {
         "policy": str(section.policy) if section.policy else None,
         "public_rounds_per_agent": public_rounds is not None and public_rounds.enabled})
+    try:
+        observability = observe_keyholder(config, services, metrics)
+    except BaseException:
+        audit.close()
+        raise
     reloader = TlsReloader(context, cert=config.tls.cert, key=config.tls.key, crl=config.tls.crl, label="keyholder")
     return KeyHolderRuntime(config=config, services=services, audit=audit, ssl_context=context,
-                            tls_reloader=reloader.watch())
+                            tls_reloader=reloader.watch(), observability=observability)
 
 
 __all__ = ["KeyHolderRuntime", "ServerRuntime", "load_consortium_policy", "open_audit",

@@ -201,7 +201,8 @@ def train_private(
         epoch_losses: list[float] = []
         empty = 0
         try:
-            with tqdm(total=epochs * len(dp_loader), desc=f"DP training {model.arch}", disable=not progress) as bar:
+            with tqdm(total=epochs * len(dp_loader), desc=f"DP training {model.arch}",
+                      disable=None if progress else True) as bar:
                 for epoch in range(1, epochs + 1):
                     losses: list[float] = []
                     for batch in dp_loader:

@@ -69,7 +69,8 @@ def train_plain(config: AgentConfig, pairs: Sequence[PreferencePair], *, epochs:
     loader = DataLoader(TensorDataset(*tensors), batch_size=min(config.training.batch_size, len(pairs)), shuffle=True)
     model.train()
     loss_value = float("nan")
-    with tqdm(total=epochs * len(loader), desc=f"non-private training {model.arch}", disable=not progress) as bar:
+    with tqdm(total=epochs * len(loader), desc=f"non-private training {model.arch}",
+              disable=None if progress else True) as bar:
         for epoch in range(1, epochs + 1):
             losses = []
             for batch in loader:

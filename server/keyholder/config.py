@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import Field
 
 from server.config import ConnectionLimits, FrozenConfig, TLSFiles, load_toml_model
+from server.observability.settings import ObservabilitySettings
 
 
 class KeyHolderSection(FrozenConfig):
@@ -49,6 +50,8 @@ class KeyHolderConfig(FrozenConfig):
     tls: TLSFiles
     connections: ConnectionLimits = Field(default=ConnectionLimits(),
                                           description="bounds on connections and handshakes, as for the server")
+    observability: ObservabilitySettings = Field(default=ObservabilitySettings(),
+                                                 description="probe/metrics listener and log format, as for the server")
     source: Path | None = None
 
 

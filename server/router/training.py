@@ -190,7 +190,8 @@ def fit_router(router: TrainableRouter, data: RouterTrainingSet, config: RouterF
     optimiser = torch.optim.AdamW(router.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     best = (math.inf, 0, copy.deepcopy(router.state_dict()))
     epoch = 0
-    bar = tqdm(range(1, config.max_epochs + 1), desc="fit router", leave=False, disable=not config.show_progress)
+    bar = tqdm(range(1, config.max_epochs + 1), desc="fit router", leave=False,
+               disable=None if config.show_progress else True)
     for epoch in bar:
         router.train(True)
         for batch in train_idx[torch.randperm(len(train_idx), generator=gen)].split(config.batch_size):

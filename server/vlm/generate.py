@@ -53,7 +53,7 @@ def generate_answers(
     model.eval()
     answers: list[str] = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not show_progress, leave=False):
+    for start in tqdm(starts, desc="generate", disable=None if show_progress else True, leave=False):
         batch = encode_prompts(processor, prompts[start : start + batch_size]).to(model.device)
         out = model.generate(
             **batch,

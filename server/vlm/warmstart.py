@@ -175,7 +175,8 @@ def warm_start(
     torch.manual_seed(config.seed)
     vlm = load_vlm(model_dir)
     model, processor = _trainable(vlm.model, config), vlm.processor
-    encoded = [_encode_example(processor, p, a) for p, a in tqdm(examples, desc="encode", disable=not show_progress)]
+    encoded = [_encode_example(processor, p, a) for p, a in tqdm(examples, desc="encode",
+                                                                          disable=None if show_progress else True)]
     held = [_encode_example(processor, p, a) for p, a in held_out]
     scores = {"loss_before": _mean_loss(model, held, processor.tokenizer.pad_token_id)} if held else {}
     params = [p for p in model.parameters() if p.requires_grad]
@@ -183,7 +184,7 @@ def warm_start(
     generator = torch.Generator().manual_seed(config.seed)
     model.train()
     losses: list[float] = []
-    progress = tqdm(range(config.steps), desc="warm start", disable=not show_progress)
+    progress = tqdm(range(config.steps), desc="warm start", disable=None if show_progress else True)
     for step in progress:
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * _lr_factor(step, config)

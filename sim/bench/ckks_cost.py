@@ -47,7 +47,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     verify = key.verify_key()
     figures: list[Figure] = []
     notes: list[str] = []
-    bar = tqdm(total=len(params) * len(sizes) * repeats, desc="bench 2 ckks", unit="meas")
+    bar = tqdm(total=len(params) * len(sizes) * repeats, desc="bench 2 ckks", unit="meas", disable=None)
     for label, parameters in params.items():
         owner = CKKSKeyOwner.generate(parameters)
         context = owner.public_context

@@ -97,7 +97,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*(Secure RNG|Full backward hook|Optimal order|poisson).*")
-        for name in tqdm(names, desc="bench 3 dp", unit="arch"):
+        for name in tqdm(names, desc="bench 3 dp", unit="arch", disable=None):
             factory, (full_b, smoke_b) = ARCHS[name]
             batch_size = smoke_b if smoke else full_b
             base = factory(smoke)

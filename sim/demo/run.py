@@ -133,7 +133,7 @@ def _train_agents(group: ProcessGroup, consortium: Deployment) -> list[ManagedPr
 
 
 def _wait_trained(processes: list[ManagedProcess], timeout_s: float) -> None:
-    with tqdm(total=len(processes), desc="reward models trained under DP", unit="agent") as bar:
+    with tqdm(total=len(processes), desc="reward models trained under DP", unit="agent", disable=None) as bar:
         for process in processes:
             if process.wait(timeout_s) != 0:
                 raise process.failure("failed")
@@ -163,7 +163,7 @@ def _align(server: ManagedProcess, agents: list[ManagedProcess], consortium: Dep
     """Wait until the server's training run wrote its report, showing GRPO steps as they land."""
     done = consortium.training_out / "training_report.json"
     deadline = time.monotonic() + timeout_s
-    with tqdm(total=steps, desc="GRPO steps (federated reward)", unit="step") as bar:
+    with tqdm(total=steps, desc="GRPO steps (federated reward)", unit="step", disable=None) as bar:
         while not done.is_file():
             if not server.alive():
                 raise server.failure("stopped before training finished")

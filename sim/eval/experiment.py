@@ -183,7 +183,7 @@ def run_seed(config: EvalConfig, data: EvalData, reference_path: Path, reference
         result.pair_accuracy[name] = {c.name: scorer_pair_accuracy(scorer, data.test_pairs[c.name])
                                       for c in config.clients}
     _policy_metrics(config, data, "reference", reference_answers, reference_answers, result)
-    for name in tqdm(list(scorers), desc=f"GRPO runs (seed {seed})", disable=not progress):
+    for name in tqdm(list(scorers), desc=f"GRPO runs (seed {seed})", disable=None if progress else True):
         started = time.perf_counter()
         reward = ScorerReward(scorers[name], data.train_prompts)
         run = align(reference_path, data.train_prompts, reward, out_dir=work_dir / f"grpo-{seed}-{name}",

@@ -139,7 +139,7 @@ def train_fedavg(client_pairs: Mapping[str, Sequence[PreferencePair]], config: F
         state = {k: v.clone() for k, v in global_model.state_dict().items()}
         clients = {name: _make_client(pairs, state, config, seed) for name, pairs in client_pairs.items()}
         try:
-            for _ in tqdm(range(config.rounds), desc="FedAvg rounds", disable=not progress, leave=False):
+            for _ in tqdm(range(config.rounds), desc="FedAvg rounds", disable=None if progress else True, leave=False):
                 losses = {}
                 for name, client in clients.items():
                     client.model.load_state_dict(state)

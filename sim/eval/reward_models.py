@@ -84,7 +84,7 @@ def train_central(pairs: Sequence[PreferencePair], *, seed: int, epochs: int, ba
     n = len(pairs)
     losses: list[float] = []
     model.train()
-    for _ in tqdm(range(epochs), desc="central RM (no DP)", disable=not progress, leave=False):
+    for _ in tqdm(range(epochs), desc="central RM (no DP)", disable=None if progress else True, leave=False):
         total = 0.0
         for idx in torch.randperm(n, generator=gen).split(batch_size):
             loss = criterion(model(*(t[idx] for t in tensors)))

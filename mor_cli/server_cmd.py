@@ -12,7 +12,6 @@ records ``training.stopped`` with that step: the next ``run`` resumes there (see
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +26,8 @@ LOG_LEVELS = ["debug", "info", "warning", "error"]
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="server TOML (see server/config.py)")
     parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+    parser.add_argument("--log-format", default=None, choices=["text", "json"],
+                        help="log lines as text or one JSON object per line (default: [observability].log_format)")
 
 
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +37,12 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep the API up after training finishes, until SIGTERM/SIGINT (default: exit)")
 
 
-def _guarded(action: Callable[[], None], log_level: str) -> int:
+def _guarded(action: Callable[[], None], log_level: str, log_format: str | None = None) -> int:
     """Run ``action``; every expected failure becomes one CommandError line (exit 2)."""
     from server.errors import ServerError
+    from server.observability.logs import configure_logging
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    configure_logging(log_level, log_format)
     try:
         action()
     except ServerError as exc:
@@ -51,14 +53,14 @@ def _guarded(action: Callable[[], None], log_level: str) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from server.runner import serve
 
-    return _guarded(lambda: serve(args.config, log_level=args.log_level), args.log_level)
+    return _guarded(lambda: serve(args.config, log_level=args.log_level), args.log_level, args.log_format)
 
 
 def _run(args: argparse.Namespace) -> int:
     from server.runner import run
 
     return _guarded(lambda: run(args.config, args.training, log_level=args.log_level,
-                                keep_serving=args.keep_serving), args.log_level)
+                                keep_serving=args.keep_serving), args.log_level, args.log_format)
 
 
 def _digest_arguments(parser: argparse.ArgumentParser) -> None:

@@ -196,6 +196,7 @@ def serve(config_path: str | Path, *, log_level: str = "warning") -> None:
                        runtime.services.stopping)
             try:
                 api.start()
+                runtime.serving(api.alive)
                 reason = serve_until_signal(api, stop)
             finally:
                 api.stop()
@@ -222,6 +223,7 @@ def run(config_path: str | Path, training_path: str | Path, *, log_level: str = 
             api = _api(runtime, create_app(services), config.server, log_level, "mor-server-api", services.stopping)
             try:
                 api.start()
+                runtime.serving(api.alive)
                 reason = _train(services, training, config, api, stop, run_training)
                 if keep_serving and not stop.is_set():
                     reason = serve_until_signal(api, stop)
@@ -292,6 +294,7 @@ def serve_keyholder(config_path: str | Path, *, log_level: str = "warning") -> N
             api = _api(runtime, app, runtime.config.keyholder, log_level, "mor-keyholder-api")
             try:
                 api.start()
+                runtime.serving(api.alive)
                 reason = serve_until_signal(api, stop)
             finally:
                 api.stop()

@@ -25,7 +25,9 @@ exception class under ``server/`` that is not in this drawing or not under ``Ser
      │    └── RouterStateError    a saved router cannot be loaded: missing or unreadable file,
      │                            wrong format, tensors that do not match, digest mismatch
      ├── ConfigError              a server / key-holder TOML config is missing, malformed or invalid
-     └── KeyHolderError           the fused-only key holder refused or could not be reached
+     ├── KeyHolderError           the fused-only key holder refused or could not be reached
+     └── StateError               the state store refused: a schema newer than this software, a
+                                  backup that does not verify, a restore that would lose newer state
 
 Two deliberate roots outside the tree:
 
@@ -110,6 +112,10 @@ class ConfigError(ServerError):
 
 class KeyHolderError(ServerError):
     """The key holder refused a request or could not be reached (message says which)."""
+
+
+class StateError(ServerError):
+    """The state database or a backup of it cannot be used as asked (the message says why and what to do)."""
 
 
 class ShutdownRequested(BaseException):  # noqa: N818 - a request, like KeyboardInterrupt

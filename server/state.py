@@ -4,9 +4,12 @@ Why a database and not memory: an accepted submission is a promise (the agent ho
 receipt for it), so it must survive ``kill -9``; a nonce once seen must stay seen, or a
 restart would re-open the door to replays. Every write commits before the HTTP reply leaves.
 
-SQLite by default (``sqlite:///path/state.db``, WAL mode); any SQLAlchemy URL works, so a real
-server database can replace it without code changes. Its files are private (0600) and a URL
-that cannot work is a clear ``ConfigError`` (:mod:`server.state_files`).
+SQLite by default (``sqlite:///path/state.db``, WAL mode); PostgreSQL with the ``[postgres]``
+extra (``postgresql+psycopg://...``), tested against a real server. Its files are private (0600),
+a URL that cannot work is a clear ``ConfigError`` and PostgreSQL sessions commit synchronously
+(:mod:`server.state_files`). The tables below are the newest revision of the schema; opening a
+store migrates its database there first (:mod:`server.migrations`, Alembic), and a change to a
+table here needs a new revision under ``server/migrations/versions``.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
-from server.state_files import create_schema, open_engine
+from server.state_files import open_engine, prepare_schema
 
 NONCE_PURGE_EVERY_S = 60.0  # how often expired nonces are forgotten (checked on each new nonce)
 
@@ -62,7 +65,7 @@ rounds = Table(
     Column("round_id", String(100), primary_key=True),
     Column("kind", String(20), nullable=False),
     Column("status", String(20), nullable=False),  # open | fused | collected | skipped
-    Column("created_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False, index=True),  # retention selects by age (revision 0002)
     Column("deadline", Float, nullable=False),
     Column("n_items", Integer, nullable=False),
     Column("outcome", Text),
@@ -110,7 +113,7 @@ router_weights = Table(
     Column("basis", String(200), nullable=False),
     Column("by_domain", Text, nullable=False),
     Column("overall", Text, nullable=False),
-    Column("updated_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False, index=True),
 )
 
 datasets = Table(  # what the policy is aligned on: one row per role (prompts, calibration, router_pairs)
@@ -161,10 +164,10 @@ class StateStore:
         self._clock = clock
         self._nonce_purge_every_s = nonce_purge_every_s
         self._last_nonce_purge = -math.inf
-        self.engine, sqlite_path = open_engine(url, metadata)  # ConfigError for a bad URL; SQLite files 0600
+        self.engine, sqlite_path = open_engine(url)  # ConfigError for a bad URL; SQLite files 0600
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
-        create_schema(self.engine, metadata, sqlite_path)
+        self.schema_change = prepare_schema(self.engine, sqlite_path)  # StateError if newer than this code
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:

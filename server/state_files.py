@@ -9,6 +9,13 @@ existing one tightened) to 0600 *before* SQLite opens it; SQLite gives its ``-wa
 Why check the URL here: an unknown scheme or a missing driver surfaced as a SQLAlchemy
 traceback from deep inside ``create_engine``; a :class:`~server.errors.ConfigError` names the
 setting and the fix. Passwords in URLs are never echoed.
+
+PostgreSQL sessions (psycopg) run ``READ COMMITTED`` with ``synchronous_commit=on`` forced,
+whatever the server's default: a receipt is signed for a row only after its commit returned, and
+with ``synchronous_commit=off`` a commit can return before its WAL reaches disk — a crash would
+then lose a submission the member holds a receipt for. READ COMMITTED is enough because the
+store's promises rest on primary keys (one submission per task, one use per nonce), which
+PostgreSQL enforces under every isolation level; a stricter level would only add retries.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import MetaData, create_engine
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from server.errors import ConfigError
+from server.migrations import SchemaChange, upgrade_schema
 
 PRIVATE_MODE = 0o600
 SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
@@ -67,15 +76,25 @@ def seal_companions(path: Path) -> None:
             os.chmod(companion, PRIVATE_MODE)
 
 
-def open_engine(url: str, metadata: MetaData) -> tuple[Engine, Path | None]:
-    """An engine with ``metadata``'s tables created, and the SQLite file (private) if there is one."""
+def engine_options(url: URL) -> dict[str, Any]:
+    """Per-dialect engine settings: the PostgreSQL session guarantees of the module docstring."""
+    if url.get_backend_name() != "postgresql":
+        return {}
+    options: dict[str, Any] = {"isolation_level": "READ COMMITTED", "pool_pre_ping": True}
+    if url.get_driver_name() in ("psycopg", "psycopg2"):  # libpq drivers take server settings at connect
+        options["connect_args"] = {"options": "-c synchronous_commit=on"}
+    return options
+
+
+def open_engine(url: str) -> tuple[Engine, Path | None]:
+    """An engine for ``url``, and its SQLite file (created private) if there is one."""
     parsed = check_database_url(url)
     shown = parsed.render_as_string(hide_password=True)
     path = sqlite_file(parsed)
     try:
         if path is not None:
             make_private(path)
-        engine = create_engine(parsed, future=True)
+        engine = create_engine(parsed, future=True, **engine_options(parsed))
     except ImportError as exc:
         raise ConfigError(f"database_url {shown}: the database driver is not installed ({exc})") from None
     except OSError as exc:
@@ -83,12 +102,13 @@ def open_engine(url: str, metadata: MetaData) -> tuple[Engine, Path | None]:
     return engine, path
 
 
-def create_schema(engine: Engine, metadata: MetaData, path: Path | None) -> None:
-    """Create the tables (idempotent), then make sure every SQLite file is private."""
+def prepare_schema(engine: Engine, path: Path | None) -> SchemaChange:
+    """Migrate the schema to this software's revision (:mod:`server.migrations`), then seal SQLite's files."""
     try:
-        metadata.create_all(engine)
+        change = upgrade_schema(engine)
     except SQLAlchemyError as exc:
         shown = engine.url.render_as_string(hide_password=True)
         raise ConfigError(f"database_url {shown}: cannot open the database: {getattr(exc, 'orig', exc)}") from None
     if path is not None:
         seal_companions(path)
+    return change

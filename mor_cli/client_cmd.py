@@ -185,6 +185,10 @@ def _run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_format == "json":
+        from server.observability.logs import use_log_format
+
+        use_log_format("json")  # one JSON object per line, for the site's log shipper
     agent = Agent.open(_config(args), progress=not args.quiet)
     try:
         summary = agent.run(max_tasks=args.max_tasks)
@@ -229,5 +233,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--max-tasks", type=int, default=None, help="stop after this many tasks (default: never)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="text", choices=["text", "json"],
+                     help="log lines as text or one JSON object per line")
     run.set_defaults(func=_guarded(_run))
     add_site_key_actions(actions, "client")

@@ -162,3 +162,21 @@ def test_keyholder_probes_in_process(tmp_path: Path) -> None:
         runtime.close()
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{probe_port}/livez", timeout=2)
+
+
+def test_json_formatter_keeps_a_traceback_on_one_line() -> None:
+    import logging
+
+    from server.observability.logs import JsonFormatter
+
+    try:
+        raise ValueError("bad\nthing")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("mor.test", logging.ERROR, __file__, 1, "failed %s", ("here",), sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["message"] == "failed here" and parsed["level"] == "ERROR"
+    assert parsed["exc"].startswith("Traceback") and "ValueError: bad\nthing" in parsed["exc"]

@@ -180,3 +180,25 @@ def test_json_formatter_keeps_a_traceback_on_one_line() -> None:
     parsed = json.loads(line)
     assert parsed["message"] == "failed here" and parsed["level"] == "ERROR"
     assert parsed["exc"].startswith("Traceback") and "ValueError: bad\nthing" in parsed["exc"]
+
+
+def test_round_latency_and_decryptions_counted_from_audit_entries() -> None:
+    from server.observability.metrics import PartyMetrics
+
+    metrics = PartyMetrics()
+    metrics.observe("round.opened", {"round_id": "score-1"}, now=100.0)
+    metrics.observe("round.opened", {"round_id": "score-2"}, now=101.0)
+    metrics.observe("decrypt.agent", {"round_id": "score-1", "chunks": 2})
+    metrics.observe("decrypt.refused", {"round_id": "score-1"})
+    metrics.observe("keyholder.agent_decryption", {"outcome": "refused"})  # a refusal decrypts nothing
+    metrics.observe("round.fused", {"round_id": "score-1"}, now=103.5)
+    metrics.observe("round.skipped", {"round_id": "score-2"}, now=161.0)
+    value = metrics.registry.get_sample_value
+    assert value("mor_rounds_total", {"event": "opened"}) == 2
+    assert value("mor_rounds_total", {"event": "fused"}) == value("mor_rounds_total", {"event": "skipped"}) == 1
+    assert value("mor_round_duration_seconds_sum", {"outcome": "fused"}) == 3.5
+    assert value("mor_round_duration_seconds_bucket", {"outcome": "skipped", "le": "30.0"}) == 0
+    assert value("mor_round_duration_seconds_bucket", {"outcome": "skipped", "le": "60.0"}) == 1
+    assert value("mor_decryptions_total", {"kind": "agent"}) == 2
+    assert value("mor_decryptions_total", {"kind": "refused"}) == 1
+    assert value("mor_decryptions_total", {"kind": "agent_by_keyholder"}) is None

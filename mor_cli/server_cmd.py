@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mor_cli.main import CommandError
+from mor_cli.server_state_cmd import add_state_actions
 from mor_cli.site_keys import add_site_key_actions
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
@@ -97,6 +98,7 @@ def register(subparsers: Any) -> None:
     for name, (help_text, add_arguments, _handler) in ACTIONS.items():
         add_arguments(actions.add_parser(name, help=help_text))
     add_site_key_actions(actions, "server")
+    add_state_actions(actions)
     parser.set_defaults(func=handle)
 
 

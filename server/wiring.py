@@ -39,6 +39,7 @@ from server.observability.logs import adopt_config_format
 from server.observability.metrics import MeteredAuditTrail, PartyMetrics
 from server.observability.wiring import Observability, observe_keyholder, observe_server
 from server.privacy_material import open_privacy_mode
+from server.retention import RetentionTimer
 from server.services import ServicePolicy, Services
 from server.state import StateStore
 
@@ -102,6 +103,7 @@ class ServerRuntime:
     ssl_context: ssl.SSLContext
     tls_reloader: TlsReloader | None = None  # renewed certificate and refreshed CRL, without a restart
     observability: Observability | None = None  # metrics and the probe listener ([observability])
+    retention: RetentionTimer | None = None  # audit.retention_days on state rows (server/retention.py)
 
     def serving(self, api_alive: Any) -> None:
         """The API listens: readiness follows ``api_alive`` from now on."""
@@ -110,6 +112,8 @@ class ServerRuntime:
 
     def close(self) -> None:
         """Release the mode's key-holder connection, sign the final audit checkpoint and release the log."""
+        if self.retention is not None:
+            self.retention.stop()
         if self.observability is not None:
             self.observability.close()
         if self.tls_reloader is not None:
@@ -164,6 +168,11 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
                             signing_key=signing_key, admission=admission, privacy=privacy, clock=clock,
                             long_poll_max_s=config.server.long_poll_max_s)
         observability = observe_server(config, services, metrics)
+        change = services.state.schema_change
+        if change.changed:  # the schema was created or upgraded at this start (server/migrations)
+            audit.record("server", "state.migrated", {"from_revision": change.before, "to_revision": change.after,
+                                                      "adopted_pre_migration_schema": change.adopted})
+        retention = RetentionTimer(services.state, audit, retention_days=policy.audit.retention_days, clock=clock)
     except BaseException as exc:
         if privacy is not None:
             privacy.close()
@@ -173,7 +182,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         raise
     reloader = TlsReloader(context, cert=config.tls.cert, key=config.tls.key, crl=config.tls.crl, label="server")
     return ServerRuntime(config=config, policy=policy, services=services, audit=audit, ssl_context=context,
-                         tls_reloader=reloader.watch(), observability=observability)
+                         tls_reloader=reloader.watch(), observability=observability, retention=retention.start())
 
 
 @dataclass

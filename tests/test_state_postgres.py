@@ -21,14 +21,12 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from helpers.consortium import Agent, actions, audit_report, issue_task, write_policy
+from helpers.consortium import Agent, actions, audit_report, enrol_and_submit, write_policy
 from helpers.pki import make_pki
 from helpers.postgres import Postgres, postgres_server
 from helpers.procs import free_port, start_server, write_server_config
 from sqlalchemy import create_engine, insert, select, text
 
-from crypto.ckks import load_public_context
-from crypto.envelope import seal_scores
 from server.errors import StateError
 from server.migrations import baseline_tables, head_revision
 from server.state import StateStore, metadata, submissions
@@ -172,12 +170,7 @@ def test_a_round_through_the_real_server_on_postgres_survives_a_restart(pg: Post
                                  database_url=url)
     with start_server(config) as server:
         alice = Agent.of(pki, "alice", server.base_url)
-        assert alice.enrol().status_code == 200
-        context = load_public_context(alice.http.get("/v1/context").content)
-        round_id, task_id = issue_task(url, alice.identity, n_items=3)
-        envelope = seal_scores([0.1, 0.2, 0.3], context, signing_key=alice.key, sender=alice.identity,
-                               round_id=round_id, task_id=task_id).to_dict()
-        reply = alice.submit(task_id, envelope)
+        task_id, envelope, reply = enrol_and_submit(alice, url)
         assert reply.status_code == 200, reply.text
         receipt = Receipt.model_validate(reply.json())
         alice.close()

@@ -106,6 +106,19 @@ def issue_task(database_url: str, agent: str, *, n_items: int, deadline_s: float
     return round_id, task_id
 
 
+def enrol_and_submit(agent: Agent, database_url: str) -> tuple[str, dict[str, Any], httpx.Response]:
+    """Enrol ``agent``, issue it one 3-item score task and submit a sealed envelope: (task_id, envelope, reply)."""
+    from crypto.ckks import load_public_context
+    from crypto.envelope import seal_scores
+
+    assert agent.enrol().status_code == 200
+    context = load_public_context(agent.http.get("/v1/context").content)
+    round_id, task_id = issue_task(database_url, agent.identity, n_items=3)
+    envelope = seal_scores([0.1, 0.2, 0.3], context, signing_key=agent.key, sender=agent.identity,
+                           round_id=round_id, task_id=task_id).to_dict()
+    return task_id, envelope, agent.submit(task_id, envelope)
+
+
 def log_key(config: Path, table: str = "server") -> VerifyKey:
     """The audit log's public key, taken from the party's own signing key file (out of band)."""
     section = tomllib.loads(Path(config).read_text("utf-8"))[table]

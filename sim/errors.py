@@ -9,6 +9,7 @@ stderr; anything else is a bug and keeps its traceback.
      ├── ProvisionError           the chosen policy, model path or output folder is unusable
      ├── ProcessFailedError       a party's process exited early or non-zero (message: its log tail)
      ├── ProcessTimeoutError      a party did not become ready / finish in time (message: its log tail)
+     ├── NetworkSetupError        an ``ip`` command building or changing the namespace test network failed
      ├── ReconcileError           an audit log could not be read at all (not: a failed check —
      │                            failed checks are results, recorded in ``results.json``)
      ├── BenchMeasurementError    a benchmark could not measure what it would report (a round was
@@ -42,6 +43,10 @@ class ProcessFailedError(SimError):
 
 class ProcessTimeoutError(SimError):
     """A party's process did not become ready, or did not finish, within its time limit."""
+
+
+class NetworkSetupError(SimError):
+    """An ``ip`` command failed while building or changing the namespace network (its stderr included)."""
 
 
 class ReconcileError(SimError):

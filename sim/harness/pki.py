@@ -15,6 +15,7 @@ as in production.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,10 +72,15 @@ class ConsortiumPKI:
     def crl(self) -> Path:
         return self.ca.crl_path
 
-    def issue(self, name: str, role: str = "client") -> Party:
-        """Issue a certificate; serving roles get ``localhost``/``127.0.0.1`` SANs."""
+    def issue(self, name: str, role: str = "client", *, dns: Sequence[str] = (), ips: Sequence[str] = ()) -> Party:
+        """Issue a certificate; serving roles get ``localhost``/``127.0.0.1`` SANs, plus ``dns``/``ips``.
+
+        ``dns``/``ips``: the names and addresses a serving party is reached at on a real network
+        (hosts in network namespaces, :mod:`sim.harness.netns`); clients verify them as in production.
+        """
         serving = role in SERVING_ROLES
-        issued = self.ca.issue(name, role, dns=LOOPBACK_DNS if serving else (), ips=LOOPBACK_IPS if serving else ())
+        issued = self.ca.issue(name, role, dns=(*(LOOPBACK_DNS if serving else ()), *dns),
+                               ips=(*(LOOPBACK_IPS if serving else ()), *ips))
         party = Party(name, role, issued.identity, issued.serial, issued.cert_path, issued.key_path, issued.ca_path)
         self.parties[name] = party
         return party

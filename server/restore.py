@@ -43,7 +43,6 @@ from server.errors import StateError
 from server.migrations import VERSION_TABLE, alembic_config, known_revision
 from server.state import StateStore, metadata
 from server.state_files import open_engine, seal_companions
-from server.wiring import load_consortium_policy
 
 BATCH = 500
 
@@ -182,6 +181,13 @@ def _replace_audit(audit_dir: Path, directory: Path, keep_aside: bool) -> Path |
     return aside
 
 
+def _origin_of(config: ServerConfig) -> str:
+    """The server log's origin for a backup of a log with no entry yet (imported late: wiring loads torch)."""
+    from server.wiring import load_consortium_policy
+
+    return f"mor://{load_consortium_policy(config.server.policy).consortium}/server"
+
+
 def restore(config: ServerConfig, source: Path, *, force: bool = False) -> dict[str, Any]:
     """Restore ``source`` into ``config``'s database and audit directory; what was done."""
     section = config.server
@@ -193,7 +199,7 @@ def restore(config: ServerConfig, source: Path, *, force: bool = False) -> dict[
             _restore_state(section.database_url, directory, manifest["schema_revision"])
             aside = _replace_audit(section.audit_dir, directory, keep_aside=occupied)
         digest = hashlib.sha256((directory / MANIFEST).read_bytes()).hexdigest()
-    origin = manifest["origin"] or f"mor://{load_consortium_policy(section.policy).consortium}/server"
+    origin = manifest["origin"] or _origin_of(config)
     with AuditLog.open(section.audit_dir, signing_key=key, origin=origin) as audit:
         audit.append(actor="operator", action="state.restored", digests={"manifest_sha256": digest}, details={
             "backup_created_at": manifest["created_at"], "audit_size": manifest["audit"]["size"],

@@ -1,4 +1,4 @@
-"""``mor ca``: run the consortium certificate authority (init, issue, sign-csr, revoke, list, crl).
+"""``mor ca``: run the consortium certificate authority (init, issue, sign-csr, revoke, list, crl, export-p12).
 
 Every command that changes the CA also appends to the CA's own signed audit log
 (:mod:`mor_cli.ca_audit`); a refused CSR is recorded too, with the reason.
@@ -11,10 +11,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+from mor_cli import p12_export
 from mor_cli.ca_audit import ca_audit, sha256_digest
 from mor_cli.main import CommandError
 
-ROLE_CHOICES = ["server", "client", "keyholder", "auditor"]
+ROLE_CHOICES = ["server", "client", "keyholder", "auditor", "trainer"]
 
 
 def register(subparsers: Any) -> None:
@@ -55,6 +56,7 @@ def register(subparsers: Any) -> None:
     crl.add_argument("--dir", required=True, help="CA directory")
     crl.add_argument("--days", type=int, default=30, help="CRL validity in days (default: 30)")
 
+    p12_export.register(actions)
     parser.set_defaults(func=handle)
 
 
@@ -173,4 +175,5 @@ def _crl(args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS = {"init": _init, "issue": _issue, "sign-csr": _sign_csr, "revoke": _revoke, "list": _list, "crl": _crl}
+_ACTIONS = {"init": _init, "issue": _issue, "sign-csr": _sign_csr, "revoke": _revoke, "list": _list, "crl": _crl,
+            "export-p12": p12_export.export}

@@ -1,8 +1,16 @@
 """A self-contained HTML status page (no scripts, no external assets; every value escaped).
 
-Operators and auditors open it in a browser holding their consortium certificate; it shows
-the same snapshot as ``/v1/status``. Everything interpolated passes through ``html.escape``:
-agent architectures and names come from the outside world.
+Operators and auditors open it in a browser holding their consortium certificate (a PKCS#12
+from ``mor ca export-p12``); it shows the same snapshot as ``/v1/status``. Everything
+interpolated passes through ``html.escape``: agent architectures and names come from the
+outside world.
+
+What a person needs first is on top: every protection the policy switches off (pilot,
+tls-only) in red, the time the snapshot was taken ("as of": a page left open in a tab goes
+stale), when their own certificate and the consortium CRL expire, and how far GRPO training
+is (step, reward, KL). Training progress is read back from the audit log's newest
+``grpo.step`` entries (:func:`read_training_progress`), so it needs no state of its own and
+survives a restart.
 
 :class:`StatusSnapshot` is that snapshot: the v1 wire ``ServerStatus`` plus what an operator
 needs beyond it — calibrate/router rounds (``rounds_collected``) and the router in use, with
@@ -12,7 +20,11 @@ its mean weight per agent per prompt domain as the trainer last recorded it.
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from html import escape
+from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -55,6 +67,31 @@ class MemberHealthView(BaseModel):
     reason: str | None
 
 
+class TrainingProgressView(BaseModel):
+    """The GRPO run as the audit log last recorded it (``training.started`` and ``grpo.step``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    state: str  # running | finished | stopped | failed | interrupted (...)
+    step: int | None = None
+    max_steps: int | None = None
+    reward: float | None = None
+    reward_std: float | None = None
+    kl: float | None = None
+    agents_answered: float | None = None
+    at: float | None = None  # when the newest of these entries was written
+
+
+class CertificateView(BaseModel):
+    """The viewer's own client certificate: who the server thinks they are, and until when."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    identity: str
+    not_after: float
+    warning: str | None = None  # within 30 days of expiry, or past it
+
+
 class StatusSnapshot(ServerStatus):
     """``ServerStatus`` (``router_weights``: mean over all prompts) plus the fields above."""
 
@@ -64,13 +101,100 @@ class StatusSnapshot(ServerStatus):
     member_health: list[MemberHealthView] = []
     crl_next_update: float | None = None  # the consortium CRL in use expires then: every connection fails after it
     crl_warning: str | None = None  # set within 7 days of that time, and after it
+    as_of: float | None = None  # the server's clock when this snapshot was taken
+    insecure: list[str] = []  # every protection the policy switches off (Policy.insecure_reasons)
+    training: TrainingProgressView | None = None
+    your_certificate: CertificateView | None = None
 
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2rem;color:#222}table{border-collapse:collapse;margin:1rem 0}
 td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}th{background:#f3f3f3}
 .on{color:#070}.off{color:#a00}code{font-size:.9em}
+.insecure{background:#fde8e8;border:2px solid #c00;color:#a00;padding:.6rem 1rem;font-weight:bold}
 """
+_TAIL_BYTES = 1 << 20  # how far back from the end of the log the training progress is looked for
+_TRAINING_ENDS = {"training.finished": "finished", "training.stopped": "stopped", "training.failed": "failed"}
+
+
+def _tail_entries(entries: Path) -> list[dict[str, Any]]:
+    """The log's last entries (newest first) within :data:`_TAIL_BYTES`: a page view never reads the whole log."""
+    try:
+        with entries.open("rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - _TAIL_BYTES)
+            handle.seek(start)
+            data = handle.read()
+    except OSError:
+        return []
+    lines = data.split(b"\n")[1 if start else 0:]  # the first line of a tail is usually cut
+    out = []
+    for raw in reversed(lines):
+        try:
+            entry = json.loads(raw)["entry"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+CERT_WARN_DAYS = 30
+
+
+def certificate_view(der: bytes | None, now: float) -> CertificateView | None:
+    """The viewer's certificate (DER from the TLS connection) as the page shows it; None without one."""
+    from cryptography import x509
+
+    from crypto.errors import PKIError
+    from crypto.identity import identity_of
+
+    if not der:
+        return None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        identity = identity_of(cert)
+    except (ValueError, PKIError):
+        return None
+    not_after = cert.not_valid_after_utc.timestamp()
+    days = (not_after - now) / 86400
+    warning = None
+    if days <= 0:
+        warning = "EXPIRED: every connection with it is refused"
+    elif days <= CERT_WARN_DAYS:
+        warning = f"in {days:.1f} days: renew it (keygen, then mor ca sign-csr --renew)"
+    return CertificateView(identity=identity, not_after=not_after, warning=warning)
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def read_training_progress(entries: Path) -> TrainingProgressView | None:
+    """The newest training run in the audit log ``entries`` (``entries.jsonl``), or None if none started."""
+    last_step: dict[str, Any] | None = None
+    state = "running"
+    for entry in _tail_entries(entries):
+        action = entry.get("action")
+        if action == "grpo.step" and last_step is None:
+            last_step = entry
+        elif action in _TRAINING_ENDS and last_step is None and state == "running":
+            state = _TRAINING_ENDS[action]
+        elif action == "server.started" and state == "running":
+            state = "interrupted (the server restarted since)"
+        elif action == "training.started":
+            config = (entry.get("details") or {}).get("config") or {}
+            details = (last_step or {}).get("details") or {}
+            step = _number(details.get("step"))
+            max_steps = _number(config.get("max_steps"))
+            return TrainingProgressView(
+                state=state, step=int(step) if step is not None else None,
+                max_steps=int(max_steps) if max_steps is not None else None, reward=_number(details.get("reward")),
+                reward_std=_number(details.get("reward_std")), kl=_number(details.get("kl")),
+                agents_answered=_number(details.get("agents_answered")),
+                at=_number((last_step or entry).get("time")))
+    return None
+
 
 
 def _when(timestamp: float | None) -> str:
@@ -116,6 +240,38 @@ def _router_section(status: StatusSnapshot) -> str:
     return about + _table(["agent", "all prompts", *domains], rows)
 
 
+def _training_section(status: StatusSnapshot) -> str:
+    t = status.training
+    if t is None:
+        return "<p>no training run has started</p>"
+    if t.step is None:
+        return f"<p id='training'>{escape(t.state)}: no GRPO step yet</p>"
+    total = f" of {t.max_steps}" if t.max_steps is not None else ""
+    rows = [["state", escape(t.state)], ["GRPO step", f"{t.step}{total}"],
+            ["mean reward", _fmt(t.reward) + (f" (std {_fmt(t.reward_std)})" if t.reward_std is not None else "")],
+            ["KL to the reference", _fmt(t.kl)], ["members answered", _fmt(t.agents_answered)],
+            ["recorded", escape(_when(t.at))]]
+    return _table(["", ""], rows)
+
+
+def _fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def _banner(status: StatusSnapshot) -> str:
+    flags = "".join(f"<li>{escape(reason)}</li>" for reason in status.insecure)
+    insecure = (f"<div class='insecure' id='insecure'>INSECURE: this consortium's policy switches protections off"
+                f"<ul>{flags}</ul></div>") if status.insecure else ""
+    mine = status.your_certificate
+    cert = ""
+    if mine is not None:
+        warn = f" <span class='off'>{escape(mine.warning)}</span>" if mine.warning else ""
+        cert = (f"<p id='your-certificate'>You are <code>{escape(mine.identity)}</code>; your certificate expires "
+                f"{escape(_when(mine.not_after))}{warn}</p>")
+    return (f"{insecure}<p id='as-of'>As of {escape(_when(status.as_of))} (server time; reload for a fresh "
+            f"snapshot)</p>{cert}")
+
+
 def render_status_page(status: StatusSnapshot) -> str:
     """The HTML page for one status snapshot."""
     agents = [[
@@ -141,8 +297,9 @@ def render_status_page(status: StatusSnapshot) -> str:
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>MoR-Secure status: {escape(status.consortium)}</title><style>{_STYLE}</style></head><body>"
-        f"<h1>MoR-Secure aggregation server</h1>{_table(['', ''], summary)}"
-        f"<h2>Agents ({len(status.agents)})</h2>"
+        f"<h1>MoR-Secure aggregation server</h1>{_banner(status)}{_table(['', ''], summary)}"
+        + "<h2>Training (GRPO)</h2>" + _training_section(status)
+        + f"<h2>Agents ({len(status.agents)})</h2>"
         + _table(["agent", "architecture", "ε / budget", "lifetime ε / cap", "δ", "state", "last seen", "submissions"],
                  agents)
         + "<h2>Router weights</h2>" + _router_section(status)

@@ -23,10 +23,20 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, select
 
 from server.admission import Caller
+from server.mtls import peer_certificate_der
 from server.routes.common import any_caller, services_of
 from server.services import Services
 from server.state import rounds, submissions
-from server.status_page import DatasetView, MemberHealthView, RouterWeightsView, StatusSnapshot, render_status_page
+from server.status_page import (
+    DatasetView,
+    MemberHealthView,
+    RouterWeightsView,
+    StatusSnapshot,
+    TrainingProgressView,
+    certificate_view,
+    read_training_progress,
+    render_status_page,
+)
 from wire.messages import AgentStatus
 
 router = APIRouter(tags=["status"])
@@ -56,10 +66,18 @@ def _shown(viewer: Caller | None, member: str) -> bool:
     return viewer is None or viewer.role != "client" or viewer.identity == member
 
 
-def server_status(services: Services, viewer: Caller | None = None) -> StatusSnapshot:
+def _training(services: Services) -> TrainingProgressView | None:
+    """GRPO progress from the server's own audit log (only a file-backed log has one to read)."""
+    directory = getattr(getattr(services.audit, "log", None), "directory", None)
+    return read_training_progress(directory / "entries.jsonl") if directory is not None else None
+
+
+def server_status(services: Services, viewer: Caller | None = None,
+                  viewer_cert_der: bytes | None = None) -> StatusSnapshot:
     """Snapshot of rounds, agents, budgets, the audit head and the router in use (read-only).
 
-    ``viewer``: a ``client`` caller sees only its own member row (see the module docstring).
+    ``viewer``: a ``client`` caller sees only its own member row (see the module docstring);
+    ``viewer_cert_der``: the certificate of the connection, so the page can say when it expires.
     """
     state, policy, now = services.state, services.policy, services.clock()
     with state.engine.connect() as conn:
@@ -93,17 +111,20 @@ def server_status(services: Services, viewer: Caller | None = None) -> StatusSna
                        for a, h in sorted(state.member_health().items()) if h["failures"] and _shown(viewer, a)],
         crl_next_update=crl.next_update.timestamp() if crl and crl.next_update else None,
         crl_warning=crl.warning if crl else "revocation list unusable: every connection is refused",
+        as_of=now, insecure=list(services.policy.insecure_reasons), training=_training(services),
+        your_certificate=certificate_view(viewer_cert_der, now),
     )
 
 
 @router.get("/v1/status", response_model=StatusSnapshot, summary="Server status (JSON)")
 def status_json(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> StatusSnapshot:
-    return server_status(services_of(request), caller)
+    return server_status(services_of(request), caller, peer_certificate_der(dict(request.scope)))
 
 
 @router.get("/status", response_class=HTMLResponse, summary="Server status page (HTML)")
 def status_html(request: Request, caller: Annotated[Caller, Depends(any_caller)]) -> HTMLResponse:
-    return HTMLResponse(render_status_page(server_status(services_of(request), caller)))
+    der = peer_certificate_der(dict(request.scope))
+    return HTMLResponse(render_status_page(server_status(services_of(request), caller, der)))
 
 
 @router.get("/v1/status/keys", response_model=KeyCustody, summary="Which CKKS key material this server holds")

@@ -10,7 +10,7 @@ Example ``server.toml``::
     host = "0.0.0.0"
     port = 8443
     policy = "policies/healthcare.toml"
-    database_url = "sqlite:///data/state.db"     # any SQLAlchemy URL
+    database_url = "sqlite:///data/state.db"     # or postgresql+psycopg://... ([postgres] extra)
     audit_dir = "data/audit"
     signing_key = "data/server-signing.pem"      # Ed25519; created (0600) on first start
     ckks_secret_context = "data/ckks-secret.bin" # ckks mode: created (0600) on first start
@@ -70,7 +70,8 @@ class ServerSection(FrozenConfig):
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8443, ge=1, le=65535, description="TCP port to bind")
     policy: Path = Field(description="the consortium policy TOML")
-    database_url: str = Field(description="SQLAlchemy URL of the durable state, e.g. sqlite:///state.db")
+    database_url: str = Field(description="SQLAlchemy URL of the durable state: sqlite:///state.db or "
+                                          "postgresql+psycopg://user:password@host/db (the [postgres] extra)")
     audit_dir: Path = Field(description="directory of the server's audit log")
     signing_key: Path = Field(description="the server's Ed25519 key (receipts, audit checkpoints)")
     ckks_secret_context: Path | None = Field(None, description="ckks mode: the CKKS secret context file")

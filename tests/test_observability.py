@@ -1,9 +1,9 @@
 """Probes, metrics and JSON logs of a real ``mor server serve`` process (and an in-process key holder).
 
-One ckks server for the module, with ``[observability]`` probe listener on loopback and JSON
-logs. Prepare: a CA, a member, a task opened in the server's store. Execute: real requests
-on the mTLS port and plain HTTP on the probe port. Assert: probes answer without a
-certificate while the API port still refuses one without; counters move after a real
+One ckks server for the module (a pilot policy, so it also warns), with the ``[observability]``
+probe listener on loopback and JSON logs. Prepare: a CA, a member, a task opened in the
+server's store. Execute: real requests on the mTLS port and plain HTTP on the probe port.
+Assert: probes answer without a certificate while the API port still refuses one without; counters move after a real
 accepted and a real refused envelope; readiness turns false while the audit directory is
 gone or the CRL is expired, and back; every line the server logged parses as JSON.
 """
@@ -58,7 +58,8 @@ def _observability(port: int, **extra: str) -> str:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("observed")
     pki = make_pki(tmp)
-    config = write_server_config(tmp, pki, policy=write_policy(tmp / "policy.toml", mode="ckks"), port=free_port())
+    policy = write_policy(tmp / "policy.toml", mode="ckks", pilot=True)
+    config = write_server_config(tmp, pki, policy=policy, port=free_port())
     probe_port = free_port()
     with config.open("a", encoding="utf-8") as file:
         file.write(_observability(probe_port, log_format="json"))
@@ -135,6 +136,7 @@ def test_every_log_line_is_json(world: World) -> None:
     parsed = [json.loads(line) for line in lines]
     assert all({"ts", "level", "logger", "message"} <= set(p) for p in parsed)
     assert any("probes and metrics on http://127.0.0.1" in p["message"] for p in parsed)
+    assert any(p["logger"] == "py.warnings" for p in parsed)  # the pilot policy's warning is a JSON line too
 
 
 def test_keyholder_probes_in_process(tmp_path: Path) -> None:

@@ -60,6 +60,7 @@ def use_log_format(fmt: str) -> None:
         root.addHandler(logging.StreamHandler())
     for handler in root.handlers:
         handler.setFormatter(_formatter(fmt))
+    logging.captureWarnings(fmt == "json")  # e.g. InsecurePolicyWarning: a log line, not a raw stderr line
     _state["format"] = fmt
 
 

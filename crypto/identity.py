@@ -14,7 +14,7 @@ from cryptography import x509
 
 from crypto.errors import PKIError
 
-Role = Literal["server", "client", "keyholder", "auditor"]
+Role = Literal["server", "client", "keyholder", "auditor", "trainer"]  # trainer: opens GRPO rounds (mor server train)
 ROLES: tuple[str, ...] = get_args(Role)
 IDENTITY_SCHEME = "mor"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

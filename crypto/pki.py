@@ -48,6 +48,7 @@ _EKU = {
     "client": [ExtendedKeyUsageOID.CLIENT_AUTH],
     "keyholder": [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
     "auditor": [ExtendedKeyUsageOID.CLIENT_AUTH],
+    "trainer": [ExtendedKeyUsageOID.CLIENT_AUTH],  # a TLS client of the service only
 }
 SERVING_ROLES = ("server", "keyholder")
 CLOCK_SKEW = dt.timedelta(minutes=5)

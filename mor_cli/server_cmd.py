@@ -1,7 +1,9 @@
 """``mor server``: run the aggregation server.
 
     mor server serve --config server.toml                          the HTTP API alone
-    mor server run   --config server.toml --training training.toml  the API and the training run
+    mor server serve --config server.toml --training training.toml  ... and the rounds of remote trainers
+    mor server train --config training.toml                         one trainer rank (or N: accelerate launch)
+    mor server run   --config server.toml --training training.toml  the API and the training run in one process
     mor server public-digests --training training.toml              what a fused-only policy publishes
 
 Both stop gracefully on SIGTERM/SIGINT (open long-polls released at once, final signed audit
@@ -31,6 +33,16 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log lines as text or one JSON object per line (default: [observability].log_format)")
 
 
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    _common_arguments(parser)
+    parser.add_argument("--training", help="training TOML: run its stages here and serve `mor server train` ranks")
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training TOML with [training] and [trainer] tables")
+    parser.add_argument("--log-level", default="warning", choices=LOG_LEVELS)
+
+
 def _run_arguments(parser: argparse.ArgumentParser) -> None:
     _common_arguments(parser)
     parser.add_argument("--training", required=True, help="training TOML with a [training] table (server/trainer.py)")
@@ -54,7 +66,17 @@ def _guarded(action: Callable[[], None], log_level: str, log_format: str | None 
 def _serve(args: argparse.Namespace) -> int:
     from server.runner import serve
 
-    return _guarded(lambda: serve(args.config, log_level=args.log_level), args.log_level, args.log_format)
+    return _guarded(lambda: serve(args.config, log_level=args.log_level, training_path=args.training), args.log_level,
+                    args.log_format)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from server.remote_trainer import train
+
+    def run_rank() -> None:
+        train(args.config)
+
+    return _guarded(run_rank, args.log_level)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -85,7 +107,9 @@ def _public_digests(args: argparse.Namespace) -> int:
 
 
 ACTIONS: dict[str, tuple[str, AddArguments, Handler]] = {
-    "serve": ("serve the HTTP API over mutual TLS", _common_arguments, _serve),
+    "serve": ("serve the HTTP API over mutual TLS", _serve_arguments, _serve),
+    "train": ("run a GRPO trainer rank against the service (accelerate launch for several)", _train_arguments,
+              _train),
     "run": ("serve the API and run the training run in one process", _run_arguments, _run),
     "public-digests": ("print privacy.public_round_digests for a training setup (fused-only)", _digest_arguments,
                        _public_digests),

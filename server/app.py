@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from server.gate import Gate
 from server.replies import install_rejection_handling
-from server.routes import audit_routes, auditor, enrol, keys, status, submissions, tasks
+from server.routes import audit_routes, auditor, enrol, keys, status, submissions, tasks, trainer
 from server.services import Services
 from wire.messages import API_VERSION
 
@@ -29,7 +29,7 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     reject = install_rejection_handling(app, services.audit.record)
-    for module in (enrol, keys, tasks, submissions, audit_routes, auditor, status):
+    for module in (enrol, keys, tasks, submissions, audit_routes, auditor, status, trainer):
         app.include_router(module.router)
     app.add_middleware(Gate, admission=services.admission, max_body_bytes=services.policy.max_body_bytes,
                        reject=reject)

@@ -7,6 +7,10 @@ prompts (in order of first appearance) and one item per completion pointing at i
 the coordinator sends it to every live agent and fuses the answers. The fused rewards come
 back in the items' order, which *is* TRL's order.
 
+Where the coordinator runs is the transport's business (:mod:`server.round_transport`): in
+this process (``mor server run``) or in the service, over mutual TLS (``mor server train``,
+one reward call per rank per step, keyed ``(run, step, rank)``). This class is the same for both.
+
 A round below quorum returns ``None`` for every completion: TRL then gives those completions
 zero advantage (the step only pays the KL term) — the step is skipped, never fused.
 
@@ -28,6 +32,7 @@ from typing import Any
 
 from corpus.types import Prompt
 from server.errors import RewardError
+from server.round_transport import InProcessRounds, RoundKey, RoundTransport
 from server.rounds import RoundCoordinator, RoundResult
 from wire.messages import TaskItem
 
@@ -61,9 +66,11 @@ def short_name(identity: str) -> str:
 class FederatedReward:
     """``reward(prompts, completions, prompt_id=[...], **columns) -> list[float | None]``, one round per call."""
 
-    def __init__(self, coordinator: RoundCoordinator, prompts: Sequence[Prompt], *, step_log: Path | None = None,
-                 max_response_chars: int = 4000) -> None:
-        self.coordinator = coordinator
+    def __init__(self, rounds: RoundCoordinator | RoundTransport, prompts: Sequence[Prompt], *,
+                 step_log: Path | None = None, max_response_chars: int = 4000, run_id: str = "run",
+                 rank: int = 0) -> None:
+        self.transport = InProcessRounds(rounds, prompts) if isinstance(rounds, RoundCoordinator) else rounds
+        self.run_id, self.rank = run_id, rank
         self.prompts = {p.prompt_id: p for p in prompts}
         self.step_log = step_log
         self.max_response_chars = max_response_chars
@@ -82,7 +89,8 @@ class FederatedReward:
         index = {pid: i for i, pid in enumerate(order)}
         items = [TaskItem(prompt_index=index[pid], response=completion_text(c)[: self.max_response_chars])
                  for pid, c in zip(prompt_id, completions, strict=True)]
-        result = self.coordinator.run_round("score", [self.prompts[pid] for pid in order], items)
+        key = RoundKey(self.run_id, int(getattr(trainer_state, "global_step", self.calls)), self.rank)
+        result = self.transport.score(key, order, items)
         self.calls += 1
         self.results.append(result)
         rewards: list[float | None] = list(result.rewards) if result.rewards is not None else [None] * len(completions)
@@ -95,7 +103,8 @@ class FederatedReward:
         mean = sum(scored) / len(scored) if scored else None
         std = math.sqrt(sum((r - mean) ** 2 for r in scored) / len(scored)) if mean is not None else None
         record = {
-            "call": self.calls, "step": getattr(trainer_state, "global_step", None), "round_id": result.round_id,
+            "call": self.calls, "step": getattr(trainer_state, "global_step", None), "rank": self.rank,
+            "round_id": result.round_id,
             "status": result.status, "reason": result.reason, "n_completions": len(rewards), "n_scored": len(scored),
             "reward_mean": mean, "reward_std": std, "agents_asked": list(result.agents_asked),
             "agents_answered": list(result.agents_answered), "agents_used": list(result.agents_used),

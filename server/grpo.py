@@ -108,6 +108,7 @@ class GRPOResult:
     resumed_from: Path | None = None
     global_step: int = 0
     stopped_reason: str | None = None
+    final_lora: dict[str, torch.Tensor] = field(default_factory=dict)  # this process's LoRA tensors at the end
 
 
 class _StepMetrics(TrainerCallback):
@@ -251,4 +252,4 @@ def run_grpo(
         out = config.output_dir / "final"
         trainer.save_model(str(out))
     return GRPOResult(adapter_path=out, steps=steps, lora_delta_norm=delta, resumed_from=Path(last) if last else None,
-                      global_step=step, stopped_reason=stopper.reason)
+                      global_step=step, stopped_reason=stopper.reason, final_lora=final)

@@ -181,27 +181,57 @@ def _api(runtime: Any, app: Any, section: Any, log_level: str, name: str,
                          log_level=log_level, name=name, stopping=stopping, limits=runtime.config.connections)
 
 
-def serve(config_path: str | Path, *, log_level: str = "warning") -> None:
-    """``mor server serve``: the HTTP API alone, until SIGTERM/SIGINT."""
+def serve(config_path: str | Path, *, log_level: str = "warning", training_path: str | Path | None = None) -> None:
+    """``mor server serve``: the HTTP API until SIGTERM/SIGINT; with ``training_path`` also the training
+    stages and the rounds of remote trainer ranks (``mor server train``, :mod:`server.trainer_rounds`)."""
     from server.app import create_app
     from server.config import load_server_config
     from server.wiring import open_server
 
     with StopFlag() as stop:
+        training = _training_config(training_path)
         runtime = open_server(load_server_config(config_path))
         reason = "start-up failed"
         try:
-            _record_start(runtime.services, "serve")
-            api = _api(runtime, create_app(runtime.services), runtime.config.server, log_level, "mor-server-api",
-                       runtime.services.stopping)
+            _record_start(runtime.services, "serve", **({} if training_path is None else
+                                                      {"training_config": str(Path(training_path).resolve())}))
+            app = create_app(runtime.services)
+            rounds = _trainer_rounds(runtime.services, app, training)
+            api = _api(runtime, app, runtime.config.server, log_level, "mor-server-api", runtime.services.stopping)
             try:
                 api.start()
                 runtime.serving(api.alive)
+                if rounds is not None:
+                    from server.trainer_rounds import prepare_in_background
+
+                    prepare_in_background(runtime.services, training, rounds, stop.requested)
                 reason = serve_until_signal(api, stop)
             finally:
                 api.stop()
+                if rounds is not None:
+                    rounds.close()
+                    abandon_open_rounds(runtime.services, f"server stopping ({reason})")
         finally:
             _close(runtime, ACTOR, "server.stopped", {"reason": reason})
+
+
+def _training_config(path: str | Path | None) -> Any:
+    if path is None:
+        return None
+    from server.trainer import load_training_config
+
+    return load_training_config(path)
+
+
+def _trainer_rounds(services: Services, app: Any, training: Any) -> Any:
+    """With a training config: the remote trainers' rounds, on the app (rounds left by a predecessor closed)."""
+    if training is None:
+        return None
+    from server.trainer_rounds import TrainerRounds
+
+    abandon_open_rounds(services, "the server restarted: a round of the previous process cannot be fused")
+    app.state.trainer_rounds = TrainerRounds(audit=services.audit, deadline_s=training.deadline_s)
+    return app.state.trainer_rounds
 
 
 def run(config_path: str | Path, training_path: str | Path, *, log_level: str = "warning",

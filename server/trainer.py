@@ -35,24 +35,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 from tqdm import tqdm
 
 from corpus.types import PreferencePair, Prompt
-from server.config import FrozenConfig, load_toml_model
 from server.errors import ShutdownRequested, TrainingError
-from server.grpo import GRPOResult, GRPORunConfig, StopCheck, run_grpo
+from server.grpo import GRPOResult, GRPORunConfig, RewardFn, StopCheck, run_grpo
 from server.quarantine import Quarantine, QuarantinePolicy
 from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy, agent_calibration, live_agents
 from server.router import LearnedRouter, RouterBase, RouterFitConfig, RouterTrainingSet, make_router
 from server.router.capped import cap_router
 from server.services import Services
 from server.state import StateStore
+from server.training_config import TrainingSection, load_training_config
 from server.training_data import (
-    DataSection,
     LoadedSet,
     calibration_round,
     load_calibration,
@@ -64,53 +62,8 @@ from server.training_data import (
 from wire.calibration import IDENTITY, Calibration, CalibrationError, calibration_refusal
 
 log = logging.getLogger(__name__)
-
-
-class TrainingSection(FrozenConfig):
-    """``[training]`` of ``training.toml``; relative paths resolve against the file's folder."""
-
-    model_path: Path = Field(description="the (warm-started) policy VLM checkpoint folder")
-    output_dir: Path = Field(description="router, GRPO checkpoints, metrics.jsonl, rounds.jsonl")
-    quorum: int = Field(default=2, ge=1, description="agents that must answer for a round to count")
-    deadline_s: float = Field(default=60.0, gt=0, description="how long a round waits for answers")
-    enrol_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for quorum agents to enrol")
-    router: Literal["learned", "uniform", "fixed"] = "learned"
-    fixed_weights: dict[str, float] | None = Field(default=None, description="router = fixed: agent -> weight")
-    router_path: Path | None = Field(default=None, description="fused-only: a router fitted earlier (safetensors)")
-    router_digest: str | None = Field(default=None, description="refuse router_path unless it has this digest")
-    n_calibration: int = Field(default=48, ge=2, description="built-in corpus: public calibration items")
-    n_public_pairs: int = Field(default=120, ge=4, description="built-in corpus: public pairs for the router fit")
-    n_prompts: int = Field(default=32, ge=1, description="built-in corpus: GRPO training prompts")
-    data: DataSection = Field(default_factory=DataSection,
-                              description="the file's [data] table: datasets instead of the built-in corpus")
-    seed: int = 0
-    group_size: int = Field(default=4, ge=2)
-    per_device_batch: int = Field(default=4, ge=2)
-    max_steps: int = Field(default=10, ge=1)
-    beta: float = Field(default=0.04, gt=0, description="KL weight to the frozen reference (must be > 0)")
-    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
-    max_completion_length: int = Field(default=32, ge=1)
-    use_lora: bool = True
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        default="float32", description="policy weights; bfloat16/float16 also switch on that mixed precision")
-    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = the GPU when there is one")
-    attn_implementation: str | None = Field(
-        default=None, description="eager, sdpa, flash_attention_2...; unset = transformers' default for the family")
-    lora_target_modules: str | tuple[str, ...] | None = Field(
-        default=None, description="a regex or module names; unset = the language model's attention projections, "
-                                  "detected per family (server/vlm/families.py)")
-
-
-class TrainingFile(FrozenConfig):
-    training: TrainingSection
-    data: DataSection = Field(default_factory=DataSection)
-    source: Path | None = None
-
-
-def load_training_config(path: str | Path) -> TrainingSection:
-    """Load ``training.toml`` (one precise ConfigError naming file and key on any problem)."""
-    loaded = load_toml_model(path, TrainingFile)
-    return loaded.training.model_copy(update={"data": loaded.data})
+__all__ = ["PreparedRun", "TrainingReport", "TrainingSection", "load_training_config", "prepare_run", "run_training",
+           "train_policy"]
 
 
 @dataclass
@@ -236,10 +189,22 @@ def _initial_router(config: TrainingSection, agents: Sequence[str]) -> RouterBas
     return make_router("uniform", agents)
 
 
-def run_training(services: Services, config: TrainingSection, *, features: FeatureFn | None = None,
-                 sleep: Callable[[float], None] = time.sleep, stop: StopCheck = lambda: None,
-                 show_progress: bool = True) -> TrainingReport:
-    """The whole server-side run (see the module docstring); returns what it did and where it wrote it."""
+@dataclass
+class PreparedRun:
+    """Stages 1-3 done: the coordinator (router fitted and capped) and the GRPO prompts."""
+
+    coordinator: RoundCoordinator
+    prompts: list[Prompt]
+    report: TrainingReport
+
+
+def prepare_run(services: Services, config: TrainingSection, *, features: FeatureFn | None = None,
+                sleep: Callable[[float], None] = time.sleep, stop: StopCheck = lambda: None,
+                show_progress: bool = True, stage: Callable[[str], None] = lambda _s: None) -> PreparedRun:
+    """Stages 0-3 (data, agents, calibration, router): what the service does before any GRPO round.
+
+    ``stage`` is told where it is (``mor server serve --training`` shows it to the trainer ranks).
+    """
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
     audit, actor = services.audit, "server"
@@ -250,6 +215,7 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
     router_data = load_router_pairs(config.data, n=config.n_public_pairs, seed=config.seed)
     # -- 1. agents --------------------------------------------------------------------------------
     wait(0.0)
+    stage("waiting for agents")
     agents = wait_for_agents(services, config.quorum, config.enrol_timeout_s, wait)
     coordinator = RoundCoordinator(
         state=services.state, audit=audit, privacy=services.privacy, router=_initial_router(config, agents),
@@ -262,12 +228,14 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
     audit.record(actor, "training.started", {"agents": agents, "privacy_mode": services.policy.privacy_mode,
                                              "config": json.loads(config.model_dump_json())})
     report = TrainingReport(agents=agents, calibration={}, router_digest="", router_fit=None)
+    stage("calibrating")
     # -- 2. calibration ---------------------------------------------------------------------------
     calibrations = calibrate(coordinator, services, config, data=calibration_data)
     report.calibration = {a: {"mean": c.mean, "std": c.std} for a, c in calibrations.items()}
     missing = sorted(set(agents) - set(calibrations))
     if missing:
         report.notes.append(f"uncalibrated agents (identity scale used): {missing}")
+    stage("fitting the router")
     # -- 3. router --------------------------------------------------------------------------------
     router = coordinator.router
     if config.router == "learned" and coordinator.privacy.collects_public_rounds:
@@ -297,9 +265,19 @@ def run_training(services: Services, config: TrainingSection, *, features: Featu
     inputs = coordinator.prompt_features(prompts) if router.kind == "learned" else torch.zeros(len(prompts), 1)
     publish_router_weights(services.state, coordinator.router, inputs, [p.domain for p in prompts],
                            now=services.clock(), basis=f"mean over the {len(prompts)} GRPO training prompts")
+    coordinator.sleep = sleep  # from here a stop lets the round in flight finish
+    return PreparedRun(coordinator, prompts, report)
+
+
+def run_training(services: Services, config: TrainingSection, *, features: FeatureFn | None = None,
+                 sleep: Callable[[float], None] = time.sleep, stop: StopCheck = lambda: None,
+                 show_progress: bool = True) -> TrainingReport:
+    """The whole server-side run (see the module docstring); returns what it did and where it wrote it."""
+    prepared = prepare_run(services, config, features=features, sleep=sleep, stop=stop, show_progress=show_progress)
+    coordinator, prompts, report = prepared.coordinator, prepared.prompts, prepared.report
+    audit, actor, out = services.audit, coordinator.actor, config.output_dir
     # -- 4. GRPO: from here a stop lets the step in flight finish (its round is out) -------------
-    wait(0.0)
-    coordinator.sleep = sleep
+    _interruptible(sleep, stop)(0.0)
     report.grpo, report.metrics_path = _grpo(coordinator, services, config, prompts, stop)
     if report.grpo.stopped_reason is not None:
         return report
@@ -317,18 +295,33 @@ def _grpo(coordinator: RoundCoordinator, services: Services, config: TrainingSec
           stop: StopCheck) -> tuple[GRPOResult, Path]:
     from server.federated_reward import FederatedReward
 
+    reward = FederatedReward(coordinator, prompts, step_log=config.output_dir / "rounds.jsonl")
+
+    def audit_step(record: dict[str, Any]) -> None:
+        services.audit.record(coordinator.actor, "grpo.step", {
+            k: record[k] for k in ("step", "reward", "reward_std", "kl", "agents_answered", "round_skipped")
+            if k in record})
+
+    return train_policy(config, prompts, reward, stop, on_step=audit_step)
+
+
+def train_policy(config: TrainingSection, prompts: Sequence[Prompt], reward: RewardFn, stop: StopCheck, *,
+                 on_step: Callable[[dict[str, Any]], None] | None = None,
+                 metrics: Path | None = None) -> tuple[GRPOResult, Path]:
+    """GRPO on ``config``'s policy with ``reward``: what ``mor server run`` and every ``mor server train`` rank run.
+
+    Each step's record goes to ``metrics`` (default ``output_dir/metrics.jsonl``) and to ``on_step``.
+    """
     if not (config.model_path / "config.json").is_file():
         raise TrainingError(f"model_path {config.model_path}: not a model checkpoint folder (no config.json)")
     out = config.output_dir
-    reward = FederatedReward(coordinator, prompts, step_log=out / "rounds.jsonl")
-    metrics = out / "metrics.jsonl"
+    metrics = metrics or out / "metrics.jsonl"
 
     def step_logger(record: dict[str, Any]) -> None:
         with metrics.open("a", encoding="utf-8") as sink:
             sink.write(json.dumps(record, sort_keys=True, default=float) + "\n")
-        services.audit.record(coordinator.actor, "grpo.step", {
-            k: record[k] for k in ("step", "reward", "reward_std", "kl", "agents_answered", "round_skipped")
-            if k in record})
+        if on_step is not None:
+            on_step(record)
 
     result = run_grpo(
         model_path=config.model_path, prompts=prompts, reward_fn=reward, step_logger=step_logger, stop=stop,

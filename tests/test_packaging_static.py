@@ -104,7 +104,7 @@ def test_dockerfile_stages_pinned_non_root_with_probes_and_real_commands() -> No
     assert 'download.pytorch.org/whl/cpu "torch==' in " ".join(stages["cpu"]["RUN"])  # the CPU wheel
     assert "download.pytorch.org" not in " ".join(stages["cuda"]["RUN"])  # PyPI's CUDA build
     assert [stages[r]["FROM"][0] for r in ("server", "keyholder", "agent", "trainer")] == ["cpu"] * 3 + ["cuda"]
-    probe_ports = {"server": 9464, "trainer": 9464,
+    probe_ports = {"server": 9464,
                    "keyholder": load_keyholder_config(EXAMPLES / "keyholder.toml").observability.probe_port}
     assert load_server_config(EXAMPLES / "server.toml").observability.probe_port == 9464
     parser = build_parser()
@@ -114,8 +114,8 @@ def test_dockerfile_stages_pinned_non_root_with_probes_and_real_commands() -> No
         assert user not in ("root", "0") and int(user) >= 1000, (role, user)
         assert _argv(stage["VOLUME"][0]) == [state] and stage["WORKDIR"] == [state]
         health = stage["HEALTHCHECK"][-1]
-        if role == "agent":
-            assert health == "NONE"  # outbound only: no port to probe, the restart policy handles exits
+        if role in ("agent", "trainer"):
+            assert health == "NONE"  # clients of the service: no port to probe, the restart policy handles exits
         else:
             assert f"http://127.0.0.1:{probe_ports[role]}/" in health, (role, health)
         argv = _argv(stage["ENTRYPOINT"][0]) + _argv(stage["CMD"][0])

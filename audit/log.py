@@ -14,7 +14,7 @@ import logging
 import threading
 import time as _time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -115,21 +115,42 @@ class AuditLog:
                task_id: str | None = None, digests: Mapping[str, str] | None = None,
                details: Mapping[str, Any] | None = None) -> EntryReceipt:
         """Validate, sign, write and fsync one entry; every ``checkpoint_every`` entries, sign a checkpoint."""
+        return self.append_many([{"actor": actor, "action": action, "outcome": outcome, "round_id": round_id,
+                                  "task_id": task_id, "digests": digests, "details": details}])[0]
+
+    def append_many(self, entries: Sequence[Mapping[str, Any]]) -> list[EntryReceipt]:
+        """Append several entries (``append``'s keyword arguments each) behind **one** fsync: all or none.
+
+        The group commit of concurrent submissions: every entry is validated and signed first, so
+        one bad entry rejects the group before anything is written; then one write and one fsync;
+        only then does the tree grow. A checkpoint is signed when the group crosses a multiple of
+        ``checkpoint_every`` (so checkpoints stay at most that many entries apart).
+        """
         with self._mutex:
             self._check_open()
             when = max(self._now(), self._last_time)  # times never go back, even if the clock does
-            entry = build_entry(log=self.origin, index=self._tree.size, time=when, actor=actor, action=action,
-                                outcome=outcome, round_id=round_id, task_id=task_id, digests=digests,
-                                details=details)
-            line, leaf = entry_line(entry, self._key)
-            self._entries.append(line)
-            leaf_h = leaf_hash(leaf)
-            self._tree.append(leaf_h)
+            lines, leaves = [], []
+            for k, item in enumerate(entries):
+                entry = build_entry(log=self.origin, index=self._tree.size + k, time=when,
+                                    actor=item["actor"], action=item["action"], outcome=item.get("outcome", "ok"),
+                                    round_id=item.get("round_id"), task_id=item.get("task_id"),
+                                    digests=item.get("digests"), details=item.get("details"))
+                line, leaf = entry_line(entry, self._key)
+                lines.append(line)
+                leaves.append(leaf_hash(leaf))
+            if not lines:
+                return []
+            self._entries.append_many(lines)
+            before = self._tree.size
+            receipts = []
+            for leaf_h in leaves:
+                self._tree.append(leaf_h)
+                receipts.append(EntryReceipt(index=self._tree.size - 1, leaf_hash_hex=leaf_h.hex(),
+                                             tree_size=self._tree.size))
             self._last_time = when
-            receipt = EntryReceipt(index=entry["index"], leaf_hash_hex=leaf_h.hex(), tree_size=self._tree.size)
-            if self._tree.size % self._every == 0:
+            if self._tree.size // self._every > before // self._every:
                 self.checkpoint()
-            return receipt
+            return receipts
 
     def checkpoint(self) -> Checkpoint:
         """Sign and write a checkpoint of the current size and root."""

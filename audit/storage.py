@@ -7,11 +7,11 @@ Layout of a log directory::
     log_public_key.pem    the writer's public key: a convenience, never trusted by the verifier
     LOCK                  held (flock) by the one writer; holds its pid for error messages
 
-Durability: each line is written with one ``write`` and then ``fsync``-ed before ``append``
-returns, so a crash can only leave a *torn last line* (no trailing newline). Policy, decided
-here once: the verifier reports a torn tail as a failure (an auditor cannot tell a crash from
-a cut); the writer, on reopen, truncates it with a loud warning and logs an
-``audit.recovered`` entry naming the digest and length of what it removed.
+Durability: each line (or each group of lines appended together) is written with one ``write``
+and then ``fsync``-ed before ``append`` returns, so a crash can only leave a *torn last line*
+(no trailing newline). Policy, decided here once: the verifier reports a torn tail as a
+failure (an auditor cannot tell a crash from a cut); the writer, on reopen, truncates it with
+a loud warning and logs an ``audit.recovered`` entry naming the digest and length of what it removed.
 """
 
 from __future__ import annotations
@@ -102,9 +102,18 @@ class DurableAppender:
             fsync_dir(path.parent)
 
     def append(self, line: bytes) -> None:
+        self.append_many([line])
+
+    def append_many(self, lines: list[bytes]) -> None:
+        """Write ``lines`` with one ``write`` and one ``fsync`` (group commit): all of them are durable, or none.
+
+        Why one fsync for many: the fsync, not the write, is what an append costs, and entries
+        of concurrent requests can share it — each caller is told its entry is logged only after
+        the fsync that covers it returned.
+        """
         offset = self._handle.tell()
         try:
-            self._handle.write(line + b"\n")
+            self._handle.write(b"".join(line + b"\n" for line in lines))
             self._handle.flush()
             os.fsync(self._handle.fileno())
         except OSError as exc:

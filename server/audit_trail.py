@@ -19,7 +19,7 @@ lines, so a copy written from them is the log byte for byte and verifies as the 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,15 @@ class AuditLogTrail:
                                   round_id=round_id if isinstance(round_id, str) else None,
                                   task_id=task_id if isinstance(task_id, str) else None, details=data)
         return AuditRecord(receipt.index, receipt.leaf_hash_hex)
+
+    def record_many(self, records: Sequence[tuple[str, str, Mapping[str, Any]]]) -> list[AuditRecord]:
+        """``record`` for several ``(actor, action, data)`` at once, behind one fsync (group commit; all or none)."""
+        receipts = self.log.append_many([
+            {"actor": actor, "action": action, "details": data,
+             "round_id": data.get("round_id") if isinstance(data.get("round_id"), str) else None,
+             "task_id": data.get("task_id") if isinstance(data.get("task_id"), str) else None}
+            for actor, action, data in records])
+        return [AuditRecord(r.index, r.leaf_hash_hex) for r in receipts]
 
     def logged_decryptions(self, action: str = "decrypt.agent") -> int:
         """Ciphertexts this server's log says were decrypted (sum of ``chunks``), across every restart.

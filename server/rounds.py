@@ -2,8 +2,9 @@
 
 A round is the unit the agents see. The coordinator writes the round and its tasks to the
 :class:`~server.state.StateStore` (the seam with the HTTP service: agents long-poll the tasks,
-the service verifies and stores their envelopes), then polls the store until every agent
-asked has answered or the policy deadline passes. Stragglers are not waited for: after the
+the service verifies and stores their envelopes), then waits until every agent asked has
+answered or the policy deadline passes — woken by the service's commits
+(:class:`server.round_events.RoundEvents`), not by a timer. Stragglers are not waited for: after the
 deadline the service refuses their envelopes (410) and the round is closed with the tasks
 still open marked expired. Dropouts simply never answer.
 
@@ -12,9 +13,11 @@ Quorum is checked twice: before issuing tasks (enough *live* agents?) and after 
 reason, and returns no rewards: it is never fused. Above it, the router renormalises over
 the agents that answered (see :mod:`server.router.base`).
 
-Envelopes are re-verified (signature by the key registered at enrolment, sender/round/task
-binding, stored digest) before anything is decrypted: the store is a file, and a row edited
-behind the service's back must not reach the reward.
+Each signature is verified once: an envelope the service verified in this process is handed
+over in memory (its digest must equal the stored row's). Any other stored envelope (written
+before a restart, or by another process) is verified here — signature by the key registered
+at enrolment, sender/round/task binding, stored digest — before anything is decrypted: the
+store is a file, and a row edited behind the service's back must not reach the reward.
 
 Audit entries (actor = the server): ``round.opened`` (with every task issued),
 ``round.fused`` / ``round.collected`` (agents answered and used, envelope digests, weights),
@@ -69,7 +72,7 @@ class RoundPolicy:
     quorum: int
     deadline_s: float
     online_window_s: float = 120.0
-    poll_interval_s: float = 0.02  # bench section 6: 0.1 s polling was the largest overhead
+    poll_interval_s: float = 0.5  # store re-read while waiting; this process's answers wake the coordinator at once
 
     def __post_init__(self) -> None:
         if isinstance(self.quorum, bool) or not isinstance(self.quorum, int) or self.quorum < 1:
@@ -200,26 +203,55 @@ class RoundCoordinator:
 
     # -- waiting and reading -------------------------------------------------------------------------
     def _wait(self, round_id: str, asked: Sequence[str], deadline: float) -> None:
+        """Until every agent asked has answered or the deadline: woken by the API's commits, not by a timer.
+
+        The store is re-read only when the wait times out (every ``poll_interval_s``): answers
+        committed by another process are still seen, the last look before the deadline is the
+        store's, and ``sleep`` (the trainer's raises once the process is stopping) is called.
+        """
         bar = tqdm(total=len(asked), desc=f"round {round_id[:12]}", unit="agent", leave=False,
                    disable=None if self.show_progress else True)
+        events, wanted = self.state.events, set(asked)
         try:
             while True:
-                answered = {r["agent"] for r in self.state.submissions_for_round(round_id)}
-                bar.update(len(answered) - bar.n)
-                if answered >= set(asked) or self.clock() >= deadline:
+                remaining = max(0.0, deadline - self.clock())
+                answered = events.wait_answers(round_id, wanted, min(self.policy.poll_interval_s, remaining))
+                if not answered >= wanted:
+                    answered |= set(self.state.answered_digests(round_id))
+                bar.update(len(answered & wanted) - bar.n)
+                if answered >= wanted or self.clock() >= deadline:
                     return
-                self.sleep(min(self.policy.poll_interval_s, max(0.0, deadline - self.clock())))
+                self.sleep(0.0)  # the trainer's sleep raises when the process is stopping
         finally:
             bar.close()
 
     def _verified(self, round_id: str, asked: Sequence[str], tasks: dict[str, str]
                   ) -> tuple[dict[str, Envelope], dict[str, str], dict[str, str]]:
-        """Stored envelopes re-verified: (agent -> envelope, agent -> digest, agent -> refusal reason)."""
+        """Stored envelopes: (agent -> envelope, agent -> digest, agent -> refusal reason).
+
+        An envelope the API verified in this process and handed over (same digest as the stored
+        row) is used as it is: its signature was checked once, on arrival. Any other stored row
+        (written before a restart, or by another process) is verified here: the store is a file,
+        and a row edited behind the service's back must not reach the reward.
+        """
         envelopes: dict[str, Envelope] = {}
         digests: dict[str, str] = {}
         refused: dict[str, str] = {}
+        stored = self.state.answered_digests(round_id)
+        unverified = []
+        for agent, digest in stored.items():
+            digests[agent] = digest
+            handed = self.state.events.take_verified(tasks[agent], digest) if agent in tasks else None
+            if handed is not None and handed.agent == agent:
+                envelopes[agent] = handed.envelope
+            else:
+                unverified.append(agent)
+        if not unverified:
+            return envelopes, digests, refused
         for row in self.state.submissions_for_round(round_id):
             agent = row["agent"]
+            if agent not in unverified:
+                continue
             digests[agent] = row["envelope_sha256"]
             agent_row = self.state.agent(agent)
             try:
@@ -241,20 +273,24 @@ class RoundCoordinator:
     def run_round(self, kind: TaskKind, prompts: Sequence[Prompt], items: Sequence[TaskItem | tuple[int, str]], *,
                   now: float | None = None) -> RoundResult:
         """Issue one task per live agent, wait for quorum or deadline, then fuse (score) or collect."""
-        result = self._run_round(kind, prompts, items, now=now)
+        round_id = f"{kind}-{self.new_id()}"
+        self.state.events.open_round(round_id)  # before its tasks exist: no answer can be missed
+        try:
+            result = self._run_round(round_id, kind, prompts, items, now=now)
+        finally:
+            self.state.events.close_round(round_id)
         if self.quarantine is not None:
             self.quarantine.observe(result.round_id, result.agents_answered, result.agents_used, result.refused,
                                     self.clock())
         return result
 
-    def _run_round(self, kind: TaskKind, prompts: Sequence[Prompt], items: Sequence[TaskItem | tuple[int, str]], *,
-                   now: float | None) -> RoundResult:
+    def _run_round(self, round_id: str, kind: TaskKind, prompts: Sequence[Prompt],
+                   items: Sequence[TaskItem | tuple[int, str]], *, now: float | None) -> RoundResult:
         if kind != "score" and not self.privacy.collects_public_rounds:
             raise PrivacyModeError(f"{self.privacy.name}: a {kind!r} round needs per-agent scores, which this mode "
                                    "never decrypts unless the policy sets privacy.public_rounds_per_agent = true")
         task_items = _items(items, len(prompts))
         now = self.clock() if now is None else now
-        round_id = f"{kind}-{self.new_id()}"
         deadline = now + self.policy.deadline_s
         asked = self.live_agents(now)
         payload = TaskPayload(kind=kind, prompts=[prompt_payload(p) for p in prompts], items=task_items).model_dump()

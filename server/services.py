@@ -8,7 +8,10 @@ material its mode allows — the secret key under ``ckks``, only the key holder'
 context under ``fused-only``, nothing under ``tls-only`` — and is asked, never tested by name.
 
 ``stopping`` is set by the runner when the process is asked to stop: long-polls then answer
-204 at once, so uvicorn's graceful shutdown is not held up by agents waiting for tasks.
+204 at once (a :class:`StopSignal` wakes them), so uvicorn's graceful shutdown is not held up
+by agents waiting for tasks. ``ingest`` is the group commit every accepted submission goes
+through (:mod:`server.ingest`); long-polls wake on the store's events (:mod:`server.round_events`)
+and re-read the store every ``poll_interval_s`` only to see tasks written by another process.
 What the status page shows of the router comes from the state store (the trainer records the
 router's weights there after each fit), so it is live and survives a restart.
 """
@@ -28,6 +31,7 @@ from server.state import StateStore
 from wire.messages import PrivacyMode
 
 if TYPE_CHECKING:
+    from server.ingest import GroupCommit
     from server.privacy_mode import PrivacyModeBehaviour
 
 Clock = Callable[[], float]
@@ -87,6 +91,22 @@ class AuditTrail(Protocol):
     def size(self) -> int: ...
 
 
+class StopSignal(threading.Event):
+    """``threading.Event`` that also runs callbacks when set: stopping wakes the waiting long-polls at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def set(self) -> None:
+        super().set()
+        for callback in self._callbacks:
+            callback()
+
+
 @dataclass(frozen=True)
 class Services:
     """The app's dependencies (see the module docstring)."""
@@ -99,10 +119,17 @@ class Services:
     privacy: PrivacyModeBehaviour
     clock: Clock = time.time
     long_poll_max_s: float = 30.0
-    poll_interval_s: float = 0.05
-    stopping: threading.Event = field(default_factory=threading.Event)
+    poll_interval_s: float = 0.5  # long-polls wake on events; this re-read only sees other processes' tasks
+    stopping: threading.Event = field(default_factory=StopSignal)
+    ingest: GroupCommit = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        from server.ingest import GroupCommit
+
         if self.privacy.name != self.policy.privacy_mode:
             raise PrivacyModeError(f"the policy says privacy mode {self.policy.privacy_mode}, the services were built "
                                    f"for {self.privacy.name}")
+        object.__setattr__(self, "ingest", GroupCommit(state=self.state, audit=self.audit,
+                                                       signing_key=self.signing_key))
+        if isinstance(self.stopping, StopSignal):
+            self.stopping.on_set(self.state.events.tasks_issued)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
+from server.round_events import RoundEvents
 from server.state_files import open_engine, prepare_schema
 
 NONCE_PURGE_EVERY_S = 60.0  # how often expired nonces are forgotten (checked on each new nonce)
@@ -164,6 +165,7 @@ class StateStore:
         self._clock = clock
         self._nonce_purge_every_s = nonce_purge_every_s
         self._last_nonce_purge = -math.inf
+        self.events = RoundEvents()  # in-process wake-ups for long-polls and the coordinator (server.round_events)
         self.engine, sqlite_path = open_engine(url)  # ConfigError for a bad URL; SQLite files 0600
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -224,6 +226,8 @@ class StateStore:
                     task_id=task_id, round_id=round_id, agent=agent, payload=json.dumps(payload),
                     issued_at=now, deadline=deadline, status="pending",
                 ))
+        if task_payloads:
+            self.events.tasks_issued()
 
     def close_round(self, round_id: str, *, status: str, outcome: Mapping[str, Any]) -> None:
         with self._tx() as conn:
@@ -252,7 +256,8 @@ class StateStore:
             ).mappings().first()
             if row is None:
                 return None
-            conn.execute(update(tasks).where(tasks.c.task_id == row["task_id"]).values(status="delivered"))
+            if row["status"] == "pending":  # a re-delivery (the agent asks again) writes nothing
+                conn.execute(update(tasks).where(tasks.c.task_id == row["task_id"]).values(status="delivered"))
         return TaskRow(
             task_id=row["task_id"], round_id=row["round_id"], agent=row["agent"],
             payload=json.loads(row["payload"]), issued_at=row["issued_at"], deadline=row["deadline"],
@@ -338,6 +343,60 @@ class StateStore:
         except SQLIntegrityError:
             return False
         return True
+
+    def unseen_submissions(self, pending: Sequence[tuple[str, str, str]]) -> list[bool]:
+        """For each ``(task_id, sender, nonce)``: True if the task has no submission and the nonce is new.
+
+        The group commit's check (:mod:`server.ingest`), one read for the whole group; duplicates
+        *within* the group are the caller's to spot, and :meth:`record_submissions` is the guard.
+        """
+        if not pending:
+            return []
+        with self._tx() as conn:
+            done = {r[0] for r in conn.execute(select(submissions.c.task_id).where(
+                submissions.c.task_id.in_({t for t, _, _ in pending})))}
+            seen = {(r[0], r[1]) for r in conn.execute(select(nonces.c.sender, nonces.c.nonce).where(
+                nonces.c.nonce.in_({n for _, _, n in pending})))}
+        return [task_id not in done and (sender, nonce) not in seen for task_id, sender, nonce in pending]
+
+    def nonce_seen(self, sender: str, nonce: str) -> bool:
+        """Whether ``sender`` used ``nonce`` before (read only; the group commit records new ones)."""
+        with self._tx() as conn:
+            return conn.execute(select(nonces.c.nonce).where(
+                (nonces.c.sender == sender) & (nonces.c.nonce == nonce))).first() is not None
+
+    def record_submissions(self, accepted: Sequence[Mapping[str, Any]],
+                           nonces_only: Sequence[tuple[str, str, float]] = ()) -> bool:
+        """Group commit: accepted submissions (``record_submission``'s keywords plus ``nonce``:
+        ``(sender, nonce, expires_at)``) and nonces of refused envelopes, in **one** transaction.
+
+        False, with nothing stored, if any row conflicts (a twin stored meanwhile by another
+        writer): the caller then stores them one by one.
+        """
+        now = self._clock()
+        if now - self._last_nonce_purge >= self._nonce_purge_every_s:
+            self.purge_nonces(now)
+        seen = [a["nonce"] for a in accepted] + list(nonces_only)
+        try:
+            with self._tx() as conn:
+                if seen:
+                    conn.execute(insert(nonces), [{"sender": s, "nonce": n, "expires_at": e} for s, n, e in seen])
+                if accepted:
+                    conn.execute(insert(submissions), [{
+                        "task_id": a["task_id"], "agent": a["agent"], "round_id": a["round_id"],
+                        "envelope_sha256": a["envelope_sha256"], "envelope": json.dumps(a["envelope"]),
+                        "receipt": json.dumps(a["receipt"]), "received_at": a["now"]} for a in accepted])
+                    conn.execute(update(tasks).where(tasks.c.task_id.in_([a["task_id"] for a in accepted]))
+                                 .values(status="submitted"))
+        except SQLIntegrityError:
+            return False
+        return True
+
+    def answered_digests(self, round_id: str) -> dict[str, str]:
+        """Agent -> envelope digest of the submissions stored for ``round_id`` (no envelope is read)."""
+        with self._tx() as conn:
+            return {r[0]: r[1] for r in conn.execute(select(submissions.c.agent, submissions.c.envelope_sha256)
+                                                      .where(submissions.c.round_id == round_id))}
 
     def submission(self, task_id: str) -> dict[str, Any] | None:
         with self._tx() as conn:

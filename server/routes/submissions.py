@@ -14,29 +14,37 @@ Order of checks (each refusal precise, audited, never a 500):
    context — size, parameters, level, scale), vector length and (tls-only) score range (422;
    clipped instead when the policy says so).
 
-Accepted: an audit entry ``submission.accepted`` (envelope digest, not content), then the
-receipt signed by the server key is stored together with the envelope in one transaction
-before the reply leaves.
+Accepted: the envelope joins a group commit (:mod:`server.ingest`) that writes its audit entry
+``submission.accepted`` (envelope digest, not content; one fsync for the group), signs its
+receipt with the server key and stores both with its nonce (one transaction for the group);
+the reply leaves only after that commit. The verified envelope is handed to the round's
+coordinator in memory (:mod:`server.round_events`), so its signature is checked once.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 
+from audit import AuditError
 from crypto.envelope import Envelope, OpenedEnvelope, open_envelope
 from crypto.errors import IntegrityError
 from crypto.signing import VerifyKey
 from server.admission import Caller
 from server.errors import EnvelopeModeError
+from server.ingest import DeferredNonce
+from server.ingest import Submission as IngestItem
 from server.rejections import Rejection
 from server.routes.common import enrolled_agent, services_of
 from server.services import Services
 from server.state import TaskRow
 from wire.messages import Receipt, Submission
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["submissions"])
 INTEGRITY = Rejection(400, "integrity_error", "envelope failed verification")
 
@@ -51,19 +59,23 @@ def _live_task(services: Services, caller: Caller, task_id: str) -> TaskRow:
 
 
 def _check_open(services: Services, task: TaskRow, env: Envelope, verify_key: VerifyKey, caller: Caller
-                ) -> OpenedEnvelope:
+                ) -> tuple[OpenedEnvelope, tuple[str, str, float]]:
+    """The verified envelope and its nonce (recorded by the group commit that stores it: :mod:`server.ingest`)."""
     privacy = services.privacy
     try:
         privacy.check_envelope(env)
     except EnvelopeModeError as exc:
         raise Rejection(400, exc.code, str(exc)) from None
+    nonce = DeferredNonce(services.state)
     try:
-        return open_envelope(env, verify_key=verify_key, nonces=services.state, expected_sender=caller.identity,
-                             expected_round=task.round_id, expected_task=task.task_id,
-                             expected_kind=privacy.payload_kind,
-                             max_age_s=services.policy.envelope_max_age_s, now=services.clock())
+        opened = open_envelope(env, verify_key=verify_key, nonces=nonce, expected_sender=caller.identity,
+                               expected_round=task.round_id, expected_task=task.task_id,
+                               expected_kind=privacy.payload_kind,
+                               max_age_s=services.policy.envelope_max_age_s, now=services.clock())
     except IntegrityError:
         raise INTEGRITY from None
+    assert nonce.seen is not None  # open_envelope records the nonce of every envelope it accepts
+    return opened, nonce.seen
 
 
 def _check_scores(services: Services, task: TaskRow, opened: OpenedEnvelope) -> int:
@@ -103,30 +115,28 @@ def submit(body: Submission, request: Request,
     if task.status == "expired" or task.deadline <= services.clock():
         raise Rejection(410, "task_expired", f"task {task.task_id!r} expired (deadline passed or round closed)")
     verify_key = VerifyKey.from_bytes(base64.b64decode(agent_row["signing_key_b64"]))
-    opened = _check_open(services, task, env, verify_key, caller)
+    opened, nonce = _check_open(services, task, env, verify_key, caller)
     try:
-        services.privacy.check_payload(opened)
-    except EnvelopeModeError as exc:
-        raise Rejection(422, exc.code, str(exc)) from None
-    clipped = _check_scores(services, task, opened)
-
-    now = services.clock()
-    entry = services.audit.record(caller.identity, "submission.accepted", {
-        "task_id": task.task_id, "round_id": task.round_id, "envelope_sha256": opened.envelope_sha256,
-        "kind": opened.kind, "length": opened.length, "clipped": clipped,
-    })
-    receipt = Receipt(task_id=task.task_id, round_id=task.round_id, agent=caller.identity,
-                      envelope_sha256=opened.envelope_sha256, received_at=now, audit_index=entry.index,
-                      audit_leaf_sha256=entry.leaf_sha256)
-    signature = base64.b64encode(services.signing_key.sign(receipt.signed_bytes())).decode("ascii")
-    receipt = receipt.model_copy(update={"signature_b64": signature})
-    stored = services.state.record_submission(
-        task_id=task.task_id, agent=caller.identity, round_id=task.round_id, envelope_sha256=opened.envelope_sha256,
-        envelope=env.to_dict(), receipt=receipt.model_dump(mode="json"), now=now,
-    )
-    if not stored:  # a concurrent twin won the race: serve its receipt or refuse as a duplicate
+        try:
+            services.privacy.check_payload(opened)
+        except EnvelopeModeError as exc:
+            raise Rejection(422, exc.code, str(exc)) from None
+        clipped = _check_scores(services, task, opened)
+    except Rejection:
+        services.ingest.burn(nonce)  # verified, then refused: its nonce is spent all the same
+        raise
+    try:
+        item = services.ingest.commit(IngestItem(agent=caller.identity, task=task, envelope=env, opened=opened,
+                                                 nonce=nonce, clipped=clipped, now=services.clock()))
+    except (SQLAlchemyError, AuditError) as exc:
+        log.error("submission for task %s not stored: %s", task.task_id, exc)
+        raise Rejection(503, "storage_unavailable", "the submission could not be stored; retry later") from None
+    if item.outcome != "accepted":  # a concurrent twin won the race: serve its receipt, else refuse
         winner = services.state.submission(task.task_id)
         if winner is not None and winner["envelope_sha256"] == opened.envelope_sha256:
             return Receipt.model_validate(winner["receipt"])
+        if item.outcome == "replay":
+            raise INTEGRITY
         raise Rejection(409, "duplicate_submission", f"task {task.task_id!r} already has an accepted submission")
-    return receipt
+    assert item.receipt is not None  # accepted: signed inside the commit that stored it
+    return item.receipt

@@ -2,8 +2,10 @@
 
 Agents only make outbound connections, so the server cannot push: the agent asks and the
 request stays open until a task for it exists in the state store (the round coordinator
-writes them) or ``wait`` seconds pass (204). Tasks are read from the durable store on every
-poll, so a restart loses nothing.
+writes them) or ``wait`` seconds pass (204). The request sleeps until the store says tasks were
+issued (:class:`server.round_events.RoundEvents`), then reads the durable store, so a restart
+loses nothing; it also re-reads every ``Services.poll_interval_s`` (tasks written by another
+process). A re-delivery of a task already delivered writes nothing.
 
 A poll also answers 204 at once when the server is stopping (``Services.stopping``), with
 ``Connection: close``. uvicorn's graceful shutdown waits for every request in flight *and*
@@ -54,7 +56,9 @@ async def next_task(request: Request,
         raise Rejection(422, "validation_error", f"query.wait: at most {services.long_poll_max_s} seconds")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
+    events = services.state.events
     while True:
+        version = events.task_version  # read before the store: a task issued after this wakes the wait below
         row = await run_in_threadpool(services.state.next_task, caller.identity, services.clock())
         if row is not None:
             return scoring_task(row, services.privacy.name)
@@ -62,7 +66,7 @@ async def next_task(request: Request,
             return Response(status_code=204, headers={"Connection": "close"})
         if loop.time() >= deadline or await request.is_disconnected():
             return Response(status_code=204)
-        await asyncio.sleep(min(services.poll_interval_s, max(0.0, deadline - loop.time())))
+        await events.wait_tasks(version, min(services.poll_interval_s, max(0.0, deadline - loop.time())))
 
 
 @router.post("/tasks/{task_id}/decline", response_model=Ack, summary="Decline a task the agent's local policy refuses")

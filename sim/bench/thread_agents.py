@@ -2,7 +2,8 @@
 
 What the HTTP service would do for them, minus HTTP: take the agent's task from the store,
 score every item, seal the vector under the server's public CKKS context (a real signed
-envelope), and store it with ``record_submission`` — unless the task expired. Used where a
+envelope), verify it and store it through the service's group commit (:mod:`server.ingest`:
+audit entry, signed receipt, one transaction, the coordinator woken). Used where a
 section measures the round/fusion path without the network (section 6); the network is
 measured with real processes in sections 1, 4 and 5.
 """
@@ -16,10 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crypto.ckks import CKKSKeyOwner
-from crypto.envelope import seal_scores
+from crypto.envelope import open_envelope, seal_scores
 from crypto.signing import SigningKey
 from server.audit_trail import AuditLogTrail
 from server.fusion import ScoreRange
+from server.ingest import DeferredNonce, GroupCommit, Submission
 from server.privacy_mode import privacy_mode_for
 from server.rounds import FeatureFn, RoundCoordinator, RoundPolicy
 from server.router import RouterBase
@@ -50,6 +52,7 @@ class ThreadAgents:
                                     privacy_report={}, now=now)
         self.privacy = privacy_mode_for("ckks", scores=ScoreRange(-100.0, 100.0), audit=self.audit,
                                         key_owner=self.owner)
+        self.ingest = GroupCommit(state=self.state, audit=self.audit, signing_key=SigningKey.generate())
 
     def coordinator(self, router: RouterBase, features: FeatureFn, *, quorum: int, deadline_s: float = 60.0,
                     poll_interval_s: float = 0.1) -> RoundCoordinator:
@@ -70,9 +73,12 @@ class ThreadAgents:
             values = [score(prompts[i["prompt_index"]]["question"], i["response"]) for i in task.payload["items"]]
             env = seal_scores(values, self.owner.public_context, signing_key=key, sender=agent,
                               round_id=task.round_id, task_id=task.task_id)
-            self.state.record_submission(task_id=task.task_id, agent=agent, round_id=task.round_id,
-                                         envelope_sha256=env.sha256(), envelope=env.to_dict(), receipt={},
-                                         now=time.time())
+            nonce = DeferredNonce(self.state)
+            opened = open_envelope(env, verify_key=key.verify_key(), nonces=nonce, expected_sender=agent,
+                                   expected_round=task.round_id, expected_task=task.task_id)
+            assert nonce.seen is not None
+            self.ingest.commit(Submission(agent=agent, task=task, envelope=env, opened=opened, nonce=nonce.seen,
+                                          clipped=0, now=time.time()))
 
     def start(self) -> ThreadAgents:
         for agent in self.agents:

@@ -56,8 +56,8 @@ def make_prompt(i: int) -> Prompt:
 
 
 class World:
-    def __init__(self, tmp: Path, mode: str = "ckks") -> None:
-        self.state = StateStore(f"sqlite:///{tmp / 'state.db'}")
+    def __init__(self, tmp: Path, mode: str = "ckks", database_url: str | None = None) -> None:
+        self.state = StateStore(database_url or f"sqlite:///{tmp / 'state.db'}")
         self.audit = MemoryAudit()
         self.owner = CKKSKeyOwner.generate() if mode == "ckks" else None
         self.keys = {a: SigningKey.generate() for a in AGENTS}

@@ -189,3 +189,20 @@ def test_a_round_through_the_real_server_on_postgres_survives_a_restart(pg: Post
     report = audit_report(config)
     assert report.ok, report.first_problem
     assert actions(report)["submission.accepted"] == 1
+
+
+def test_a_fused_round_on_postgres(pg: Postgres, tmp_path: Path) -> None:
+    """The coordinator's whole round — tasks issued, three members' CKKS envelopes, fusion — on PostgreSQL."""
+    from test_rounds_coordinator import AGENTS, ITEMS, PROMPTS, World, expected
+
+    world = World(tmp_path, database_url=pg.new_database())
+    try:
+        for agent in AGENTS:
+            world.run_agent(agent)
+        result = world.coordinator(quorum=3, deadline_s=20).run_round("score", PROMPTS, ITEMS)
+        assert result.status == "fused" and result.agents_used == AGENTS
+        assert result.rewards == pytest.approx(expected(world, AGENTS, PROMPTS, ITEMS), abs=1e-3)
+        assert world.state.round_counts()["fused"] == 1 and world.state.count_submissions() == 3
+    finally:
+        world.close()
+        world.state.engine.dispose()

@@ -82,7 +82,7 @@ def wait_for_agents(services: Services, quorum: int, timeout_s: float,
     """Block until ``quorum`` agents are enrolled and live; TrainingError after ``timeout_s``."""
     window = services.policy.online_window_s
     deadline = services.clock() + timeout_s
-    with tqdm(total=quorum, desc="agents enrolled", unit="agent", leave=False) as bar:
+    with tqdm(total=quorum, desc="agents enrolled", unit="agent", leave=False, disable=None) as bar:
         while True:
             live = live_agents(services.state, services.clock(), window)
             bar.update(min(len(live), quorum) - bar.n)

@@ -61,7 +61,8 @@ def build_models(directory: Path, seed: int) -> dict[str, Path]:
     from sim.demo.provision import DEMO_AGENTS
 
     out: dict[str, Path] = {}
-    for k, spec in enumerate(tqdm(DEMO_AGENTS, desc="bench 1: building reward models", unit="model")):
+    for k, spec in enumerate(tqdm(DEMO_AGENTS, desc="bench 1: building reward models", unit="model",
+                                  disable=None)):
         torch.manual_seed(seed + k)
         cls = ARCHITECTURES[spec.arch]
         params = {**spec.params, "seed": seed + k} if spec.arch != "lora-minilm" else {}
@@ -227,7 +228,8 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0, compare_polling: bo
             router = make_router([a.identity for a in agents], seed)
             polls = (NEW_POLL_S, OLD_POLL_S) if compare_polling else (NEW_POLL_S,)
             modes = SMOKE_MODES if smoke else MODES
-            with tqdm(total=repeats * (len(modes) + len(polls) - 1), desc="bench 1 exchange", unit="round") as bar:
+            with tqdm(total=repeats * (len(modes) + len(polls) - 1), desc="bench 1 exchange", unit="round",
+                      disable=None) as bar:
                 for m, mode in enumerate(modes):
                     world = ModeWorld(pki, mode, agents)
                     try:

@@ -146,7 +146,7 @@ def start_agents(pki: ConsortiumPKI, server_url: str, names: list[str], log_dir:
 
     agents = [AgentProcess(pki, name, server_url, log_dir=log_dir) for name in names]
     try:
-        for agent in tqdm(agents, desc="agents enrolling", unit="agent", leave=False):
+        for agent in tqdm(agents, desc="agents enrolling", unit="agent", leave=False, disable=None):
             ready = agent.reply()
             if "ready" not in ready:
                 raise RuntimeError(f"agent {agent.name}: {ready}")

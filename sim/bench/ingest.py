@@ -108,7 +108,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
         with start_server(pki, "ckks") as server:
             agents = start_agents(pki, server.url, agent_names(pki), tmp / "agent-logs")
             try:
-                with tqdm(total=repeats * len(levels), desc="bench 4 ingest", unit="level") as bar:
+                with tqdm(total=repeats * len(levels), desc="bench 4 ingest", unit="level", disable=None) as bar:
                     for _ in range(repeats):
                         for n in levels:
                             samples[n].append(_level(server, agents[:n], seconds))

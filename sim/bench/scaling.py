@@ -56,7 +56,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
             try:
                 prompt = _prompt()
                 items = [(0, f"answer {i}") for i in range(ITEMS)]
-                with tqdm(total=repeats * len(levels), desc="bench 5 scaling", unit="round") as bar:
+                with tqdm(total=repeats * len(levels), desc="bench 5 scaling", unit="round", disable=None) as bar:
                     for _ in range(repeats):
                         for n in levels:
                             active = agents[:n]

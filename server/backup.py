@@ -43,6 +43,7 @@ from audit import LogLockedError, verify_log
 from audit.storage import CHECKPOINTS, ENTRIES, PUBLIC_KEY, WriterLock
 from audit.verify import scan
 from crypto.canonical import canonical_json
+from crypto.errors import CryptoError
 from crypto.signing import SigningKey
 from server.config import ServerConfig
 from server.errors import StateError
@@ -68,6 +69,15 @@ def writer_lock(audit_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def server_key(config: ServerConfig) -> SigningKey:
+    """The server's signing key: it signs a backup's manifest and checks one before a restore."""
+    try:
+        return SigningKey.load(config.server.signing_key)
+    except (CryptoError, OSError) as exc:
+        raise StateError(f"[server].signing_key {config.server.signing_key}: {exc} (a backup is signed and checked "
+                         "with the server's own key: restore the key from its own backup first)") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -101,7 +111,7 @@ def backup(config: ServerConfig, out: Path, *, now: float | None = None) -> dict
     out = Path(out)
     _check_out(out)
     section = config.server
-    key = SigningKey.load(section.signing_key)
+    key = server_key(config)
     with writer_lock(section.audit_dir), tempfile.TemporaryDirectory(prefix="mor-backup-") as tmp:
         work = Path(tmp) / "backup"
         (work / "audit").mkdir(parents=True, mode=0o700)
@@ -135,7 +145,10 @@ def backup(config: ServerConfig, out: Path, *, now: float | None = None) -> dict
         (work / MANIFEST).write_bytes(body)
         (work / SIGNATURE).write_text(key.sign(body).hex() + "\n", "ascii")
         _seal(work)
-        _publish(work, out)
+        try:
+            _publish(work, out)
+        except OSError as exc:
+            raise StateError(f"{out}: cannot write the backup: {exc.strerror or exc}") from None
     return manifest
 
 

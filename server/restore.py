@@ -37,7 +37,17 @@ from audit.storage import ENTRIES, fsync_dir, read_lines
 from audit.verify import LogState, scan
 from crypto.errors import CryptoError
 from crypto.signing import SigningKey
-from server.backup import AUDIT_FILES, FORMAT, MANIFEST, SIGNATURE, STATE, opened_backup, sha256_file, writer_lock
+from server.backup import (
+    AUDIT_FILES,
+    FORMAT,
+    MANIFEST,
+    SIGNATURE,
+    STATE,
+    opened_backup,
+    server_key,
+    sha256_file,
+    writer_lock,
+)
 from server.config import ServerConfig
 from server.errors import StateError
 from server.migrations import VERSION_TABLE, alembic_config, known_revision
@@ -191,7 +201,7 @@ def _origin_of(config: ServerConfig) -> str:
 def restore(config: ServerConfig, source: Path, *, force: bool = False) -> dict[str, Any]:
     """Restore ``source`` into ``config``'s database and audit directory; what was done."""
     section = config.server
-    key = SigningKey.load(section.signing_key)
+    key = server_key(config)
     with opened_backup(Path(source)) as directory:
         manifest, log = check_backup(directory, key)
         with writer_lock(section.audit_dir):

@@ -185,3 +185,17 @@ def test_retention_deletes_old_closed_rounds_and_logs_each_deletion_first(tmp_pa
     assert [p.get("round_id", p.get("table")) for p in purged] == ["old", "router_weights"]
     assert purged[0]["submissions"] == 1 and len(purged[0]["submissions_sha256"]) == 64
     assert verify_log(tmp_path / "audit", key.verify_key()).ok
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["backup", "--out", "{root}"], "already exists; a backup never overwrites"),
+    (["restore", "--from", "{root}/nowhere.tar.gz"], "no such backup"),
+    (["restore", "--from", "{root}/policy.toml"], "not a readable backup tarball"),
+])
+def test_cli_refusals_are_one_line_and_exit_2(site: tuple[Site, dict[str, Any]], capsys: pytest.CaptureFixture[str],
+                                              argv: list[str], says: str) -> None:
+    s, _ = site
+    args = [a.format(root=s.root) for a in argv]
+    assert main(["server", args[0], "--config", str(s.config), *args[1:]]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -15,6 +15,7 @@ import json
 import sys
 import threading
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -108,17 +109,15 @@ def test_two_ddp_ranks_train_against_the_service_and_stay_identical(policy_dir: 
         for member in members:
             member.start()
 
-        # the shipped DDP config, on 2 CPU processes: torchrun under Accelerate, gloo instead of NCCL
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                  str(REPO_ROOT / "deploy" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-                  "--main_process_port", str(free_port()), "-m", "mor_cli.main", "server", "train",
-                  "--config", str(training)]
         started = time.monotonic()
-        ranks = start_process("trainer", launch, log=tmp_path / "trainer.log", cwd=REPO_ROOT,
-                              env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
-        code = ranks.proc.wait(timeout=360)
+        _launch(training, tmp_path / "trainer.log", server)
         print(f"two ranks, 2 steps: {time.monotonic() - started:.1f} s")
-        assert code == 0, ranks.log_tail(6000) + "\n--- server ---\n" + server.log_tail(3000)
+        first_run = [load_file(str(out / "ranks" / f"rank-{r}.safetensors")) for r in (0, 1)]
+        first_seen = [sum(m.items_seen.values()) for m in members]
+        # a restarted trainer, asked for one step more, resumes from its checkpoint: steps 0-1 are not asked again
+        write_toml(training, {**tomllib.loads(training.read_text("utf-8")),
+                              "training": {**tomllib.loads(training.read_text("utf-8"))["training"], "max_steps": 3}})
+        _launch(training, tmp_path / "trainer-restart.log", server)
     finally:
         for member in members:
             member.stop.set()
@@ -128,24 +127,42 @@ def test_two_ddp_ranks_train_against_the_service_and_stay_identical(policy_dir: 
         server.stop()
     assert all(not m.errors for m in members), [m.errors[:2] for m in members]
 
-    # the ranks agree, bit for bit, and they did train
-    rank0, rank1 = (load_file(str(out / "ranks" / f"rank-{r}.safetensors")) for r in (0, 1))
-    assert rank0.keys() == rank1.keys() and len(rank0) > 0
-    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    assert any(float(rank0[k].abs().max()) > 0 for k in rank0 if "lora_B" in k)  # lora_B starts at zero
+    # the ranks agree, bit for bit, after each run, and they did train
+    for rank0, rank1 in (first_run, [load_file(str(out / "ranks" / f"rank-{r}.safetensors")) for r in (0, 1)]):
+        assert rank0.keys() == rank1.keys() and len(rank0) > 0
+        assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+        assert any(float(rank0[k].abs().max()) > 0 for k in rank0 if "lora_B" in k)  # lora_B starts at zero
     assert json.loads((out / "ranks.json").read_text())["identical"] is True
 
-    # one fused round per rank per step, each rank asking about its own completions only
+    # one fused round per rank per step, each rank asking about its own completions only; the restart asked
+    # for step 2 alone
     logs = {r: [json.loads(x) for x in (out / f"rounds-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
-    assert [(x["step"], x["rank"], x["status"]) for x in logs[0]] == [(0, 0, "fused"), (1, 0, "fused")]
-    assert [(x["step"], x["rank"], x["status"]) for x in logs[1]] == [(0, 1, "fused"), (1, 1, "fused")]
-    assert len({x["round_id"] for r in (0, 1) for x in logs[r]}) == 4
+    for rank in (0, 1):
+        assert [(x["step"], x["rank"], x["status"]) for x in logs[rank]] == [(s, rank, "fused") for s in (0, 1, 2)]
+    assert len({x["round_id"] for r in (0, 1) for x in logs[r]}) == 6
+    assert first_seen == [2 * 2 * 2] * 3  # 2 steps x 2 ranks x 2 completions
     for member in members:
         assert max(member.items_seen.values()) == 1  # no completion was put to a member twice
-        assert sum(member.items_seen.values()) == 2 * 2 * 2  # 2 steps x 2 ranks x 2 completions
+        assert sum(member.items_seen.values()) == 3 * 2 * 2
 
     report = audit_report(config)
     assert report.ok, report.first_problem
     server_actions = actions(report)
-    assert server_actions["trainer.round.requested"] == 4 and server_actions["round.fused"] == 4
-    assert server_actions["round.collected"] == 1  # the service's own calibration round
+    assert server_actions["trainer.round.requested"] == 6 and server_actions["round.fused"] == 6
+    assert server_actions["trainer.round.replayed"] == 0
+    assert server_actions["round.collected"] == 1  # the service's own calibration round, once
+
+
+def _launch(training: Path, log: Path, server: Any) -> None:
+    """The shipped DDP config on 2 CPU processes (torchrun under Accelerate, gloo instead of NCCL)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO_ROOT / "deploy" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+              "--main_process_port", str(free_port()), "-m", "mor_cli.main", "server", "train",
+              "--config", str(training)]
+    ranks = start_process("trainer", launch, log=log, cwd=REPO_ROOT,
+                          env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        code = ranks.proc.wait(timeout=240)
+    finally:
+        ranks.stop()
+    assert code == 0, ranks.log_tail(6000) + "\n--- server ---\n" + server.log_tail(3000)

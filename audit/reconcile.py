@@ -34,7 +34,7 @@ from typing import Any
 from audit.errors import AuditConfigError, AuditError, InvalidProofError
 from audit.merkle import verify_inclusion
 from audit.storage import ENTRIES
-from audit.verify import LogState, scan
+from audit.verify import LogState, VerificationReport, scan
 
 SERVER_ACTION = "submission.accepted"
 
@@ -84,8 +84,8 @@ class Reconciliation:
                 "logs": [asdict(log) for log in self.logs], "receipts": [asdict(r) for r in self.receipts]}
 
 
-def verify_party(party: str, directory: Path, key: Any) -> tuple[LogCheck, LogState]:
-    """One party's log, verified under ``key`` and required to be sealed; with the replayed state."""
+def verify_party(party: str, directory: Path, key: Any) -> tuple[LogCheck, LogState, VerificationReport]:
+    """One party's log, verified under ``key`` and required to be sealed; with the replayed state and report."""
     if not directory.is_dir():
         raise AuditConfigError(f"{party}: audit log {directory} does not exist")
     try:
@@ -97,7 +97,7 @@ def verify_party(party: str, directory: Path, key: Any) -> tuple[LogCheck, LogSt
                      problems=[str(p) for p in report.problems])
     if report.uncovered:
         check.problems.append(f"{report.uncovered} entries after the last signed checkpoint (not closed cleanly?)")
-    return check, state
+    return check, state, report
 
 
 def verified_entries(state: LogState) -> list[dict[str, Any]]:
@@ -160,14 +160,14 @@ def reconcile(server_log: Path, server_key: Any, agent_logs: Mapping[str, tuple[
     parties whose logs are only verified (the key holder).
     """
     result = Reconciliation()
-    server_check, server_state = verify_party("server", server_log, server_key)
+    server_check, server_state, _ = verify_party("server", server_log, server_key)
     result.logs.append(server_check)
     result.server_checkpoint_size = server_state.last_checkpoint.size if server_state.last_checkpoint else None
     server_entries = verified_entries(server_state)
     for party, (directory, key) in (extra_logs or {}).items():
         result.logs.append(verify_party(party, directory, key)[0])
     for agent, (directory, key) in agent_logs.items():
-        check, state = verify_party(agent, directory, key)
+        check, state, _ = verify_party(agent, directory, key)
         result.logs.append(check)
         result.receipts.extend(agent_receipts(agent, verified_entries(state), server_key, server_state,
                                               server_entries))

@@ -5,6 +5,8 @@ first bad entry: file, line, index, reason), 2 on usage errors (no such director
 Entries no signed checkpoint covers fail it unless ``--allow-unsealed-tail`` says the log is
 still being written.
 ``show`` does not verify: it prints what the lines say, for people; trust comes from ``verify``.
+``report`` verifies and reconciles every log and writes an HTML + JSON report
+(:mod:`mor_cli.audit_report`, :mod:`audit.report`).
 ``fetch`` downloads a verifiable copy of a running server's log with an auditor certificate
 (:mod:`mor_cli.audit_fetch`); it exits 1 and keeps nothing at ``--out`` if the copy fails.
 """
@@ -18,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mor_cli import audit_fetch
+from mor_cli import audit_fetch, audit_report
 from mor_cli.main import CommandError
 
 
@@ -36,6 +38,7 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--quiet", action="store_true", help="no progress bar")
 
     audit_fetch.register(actions)
+    audit_report.register(actions)
 
     show = actions.add_parser("show", help="print entries readably (unverified: run verify for trust)")
     show.add_argument("log_dir", metavar="LOG_DIR", help="audit log directory")
@@ -54,6 +57,8 @@ def handle(args: argparse.Namespace) -> int:
     try:
         if args.audit_action == "fetch":
             return audit_fetch.fetch(args)
+        if args.audit_action == "report":
+            return audit_report.report(args)
         return _verify(args) if args.audit_action == "verify" else _show(args)
     except (AuditError, CryptoError) as exc:
         raise CommandError(str(exc)) from None

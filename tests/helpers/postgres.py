@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from helpers.procs import free_port
 
@@ -57,8 +58,9 @@ class Postgres:
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
             conn.execute(f'CREATE DATABASE "{name}" OWNER "{self.role}"')
-        host, port = self.admin_url.rsplit("@", 1)[1].split("/", 1)[0].rsplit(":", 1)
-        return f"postgresql+psycopg://{self.role}:{self.password}@{host}:{port}/{name}"
+        url = make_url(self.admin_url).set(drivername="postgresql+psycopg", username=self.role,
+                                           password=self.password, database=name)
+        return url.render_as_string(hide_password=False)
 
 
 def _binaries() -> Path | None:

@@ -18,6 +18,11 @@ restored into PostgreSQL and back::
     state.jsonl.gz      one JSON line per row: {"table": ..., "row": {...}}, tables in order
     audit/              entries.jsonl, checkpoints.jsonl, log_public_key.pem, byte for byte
 
+Why rows through SQLAlchemy and not ``pg_dump`` or SQLite's backup API: one format for both
+databases, restorable into either (a SQLite pilot moves onto PostgreSQL by backup and restore),
+checked row by row against the log before a restore; the lock already gives the consistent
+point those tools exist for (PostgreSQL reads it in one REPEATABLE READ snapshot all the same).
+
 Everything is written 0600 in a 0700 directory: the state holds enrolments and envelopes.
 :mod:`server.restore` checks all of it before it changes anything.
 """
@@ -91,7 +96,8 @@ def sha256_file(path: Path) -> str:
 def _dump_state(store: StateStore, path: Path) -> dict[str, int]:
     """Every row of every table, in one read transaction, as gzip'd JSON lines; rows per table."""
     counts: dict[str, int] = {}
-    with store.engine.connect() as conn, gzip.open(path, "wt", encoding="utf-8") as out:
+    snapshot = {"isolation_level": "REPEATABLE READ"} if store.engine.dialect.name == "postgresql" else {}
+    with store.engine.connect().execution_options(**snapshot) as conn, gzip.open(path, "wt", encoding="utf-8") as out:
         for table in metadata.sorted_tables:
             rows = conn.execute(select(table).order_by(*table.primary_key.columns)).mappings()
             counts[table.name] = 0

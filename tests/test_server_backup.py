@@ -96,17 +96,26 @@ def test_backup_then_restore_elsewhere_gives_the_same_state_and_a_log_that_verif
         report.entries
 
 
-def test_a_backup_restores_into_postgres(site: tuple[Site, dict[str, Any]]) -> None:
+def test_a_backup_restores_into_postgres_and_back(site: tuple[Site, dict[str, Any]]) -> None:
     s, accepted = site
     out = s.root / "b-pg"
     backup(load_server_config(s.config), out)
     with postgres_server() as pg:
         url = pg.new_database()
-        restore(load_server_config(s.target("pg", database_url=url)), out)
+        on_postgres = load_server_config(s.target("pg", database_url=url))
+        restore(on_postgres, out)
         store = StateStore(url)
         assert store.submission(accepted["task_id"])["receipt"] == accepted["receipt"]  # type: ignore[index]
         assert [a["identity"] for a in store.list_agents()] == [accepted["receipt"]["agent"]]
         store.engine.dispose()
+        manifest = backup(on_postgres, s.root / "b-from-pg")  # and back: PostgreSQL -> SQLite
+    assert manifest["source_dialect"] == "postgresql"
+    back = s.target("back-on-sqlite")
+    restore(load_server_config(back), s.root / "b-from-pg")
+    store = StateStore(str(server_data(back)["database_url"]))
+    assert store.submission(accepted["task_id"])["receipt"] == accepted["receipt"]  # type: ignore[index]
+    store.engine.dispose()
+    assert actions(audit_report(back))["state.restored"] == 2  # one restore into PostgreSQL, one back
 
 
 def _resign(directory: Path, key: SigningKey, change: Any) -> None:

@@ -48,8 +48,8 @@ def configure_logging(level: str, fmt: str | None = None) -> None:
 
 
 def adopt_config_format(fmt: str) -> None:
-    """Apply a config file's ``log_format`` unless the command line already chose one."""
-    if not _state["explicit"]:
+    """Apply a config file's ``log_format`` unless the command line already chose one (or it is already in use)."""
+    if not _state["explicit"] and fmt != _state["format"]:
         use_log_format(fmt)
 
 

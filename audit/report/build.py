@@ -70,6 +70,8 @@ class _Log:
 
 def _open(inp: LogInput, index: int) -> _Log:
     key, source = inp.key, "out of band"
+    if not inp.directory.is_dir():
+        raise AuditConfigError(f"{inp.party} log {inp.directory}: no such directory")
     if key is None:
         try:
             key, source = VerifyKey.load(inp.directory / PUBLIC_KEY), "the log's own copy"
@@ -195,12 +197,11 @@ def build_report(server: LogInput, agents: list[LogInput], *, keyholder: LogInpu
     failures.extend(f"receipt of {r.agent} for task {r.task_id} (server entry {r.audit_index}) does not reconcile: "
                     f"{r.reason}" for r in receipts if not r.ok)
     in_force = sfacts["policies"][-1] if sfacts["policies"] else {}
-    if policy is not None:
-        if in_force.get("policy_digest") not in (None, policy.digest):
-            failures.append(f"the policy file {policy.source} ({policy.digest}) is not the one in force "
-                            f"({in_force.get('policy_digest')})")
-        flags.extend(f"policy: {reason}" for reason in policy.insecure)
-    flags.extend(f"server log: {reason}" for reason in sfacts["insecure"])
+    if policy is not None and in_force.get("policy_digest") not in (None, policy.digest):
+        failures.append(f"the policy file {policy.source} ({policy.digest}) is not the one in force "
+                        f"({in_force.get('policy_digest')})")
+    logged = [r for r in sfacts["insecure"] if policy is None or r not in policy.insecure]
+    flags.extend(f"policy in force: {reason}" for reason in [*(policy.insecure if policy else []), *logged])
     member_rows = _judge_members(members, agent_logs, policy, failures, flags)
     mode = policy.mode if policy else in_force.get("privacy_mode")
     decryptions = _judge_decryptions(decryption_facts(srv.entries, kh.entries if kh else None,

@@ -89,7 +89,8 @@ def member_facts(entries: list[Entry]) -> dict[str, dict[str, Any]]:
         elif action == "decrypt.refused" and isinstance(d.get("agent"), str) and is_member(d["agent"]):
             member(d["agent"])["refused"]["fusion: " + str(d.get("reason") or "vector dropped")[:80]] += 1
     for m in members.values():
-        m["rounds_asked"], m["rounds_answered"] = len(m["rounds_asked"]), len(m["rounds_answered"])
+        asked = m["rounds_asked"] | m["rounds_answered"]  # a task answered was a task asked, opened by the log or not
+        m["rounds_asked"], m["rounds_answered"] = len(asked), len(m["rounds_answered"])
         m["refused"] = dict(sorted(m["refused"].items()))
     return members
 

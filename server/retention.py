@@ -119,14 +119,15 @@ class RetentionTimer:
         return self
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
+        while True:  # the first pass runs even if a stop came first: every start enforces the policy once
             try:
                 purged = enforce_retention(self._state, self._audit, retention_days=self._days, now=self._clock())
                 if purged != Purged():
                     log.info("retention (%d days): deleted %s", self._days, purged)
             except Exception:  # a failed pass (database down, log full) is retried next time, never fatal
                 log.exception("retention pass failed; retrying in %.0f s", self._every)
-            self._stop.wait(self._every)
+            if self._stop.wait(self._every):
+                return
 
     def stop(self) -> None:
         self._stop.set()

@@ -24,6 +24,8 @@ from helpers.consortium import Agent, actions, audit_report, enrol_and_submit, l
 from helpers.pki import make_pki
 from helpers.postgres import postgres_server
 from helpers.procs import free_port, start_server, write_server_config
+from sqlalchemy import create_engine, insert
+from sqlalchemy.engine import make_url
 
 from audit import LogClosedError, verify_log
 from crypto.canonical import canonical_json
@@ -34,6 +36,7 @@ from server.backup import backup
 from server.backup import sha256_file as digest_of
 from server.config import load_server_config
 from server.errors import StateError
+from server.migrations import baseline_tables
 from server.restore import restore
 from server.retention import Purged, enforce_retention
 from server.state import StateStore
@@ -58,10 +61,30 @@ class Site:
                                    **({"database_url": f"sqlite:///{data / 'state.db'}"} | overrides))
 
 
+def _seed_pre_migration_state(url: str, *, round_age_days: float) -> None:
+    """A state as the pre-migration server left it (no alembic_version), holding one long-closed round."""
+    rounds, tasks, submissions = (t for t in baseline_tables() if t.name in ("rounds", "tasks", "submissions"))
+    then = time.time() - round_age_days * 86_400
+    Path(str(make_url(url).database)).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for table in baseline_tables():
+            table.create(conn)
+        conn.execute(insert(rounds).values(round_id="old", kind="score", status="fused", created_at=then,
+                                           deadline=then + 60, n_items=1, outcome="{}"))
+        conn.execute(insert(tasks).values(task_id="old-t", round_id="old", agent="mor://testnet/client/gone",
+                                          payload="{}", issued_at=then, deadline=then + 60, status="submitted"))
+        conn.execute(insert(submissions).values(task_id="old-t", agent="mor://testnet/client/gone", round_id="old",
+                                                envelope_sha256="ab" * 32, envelope="{}", receipt="{}",
+                                                received_at=then))
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, dict[str, Any]]]:
     site = Site(tmp_path_factory.mktemp("site"))
     db = str(server_data(site.config)["database_url"])
+    _seed_pre_migration_state(db, round_age_days=40)  # the policy keeps 30 days
     with start_server(site.config) as server:
         alice = Agent.of(site.pki, "alice", server.base_url)
         task_id, _, reply = enrol_and_submit(alice, db)
@@ -81,7 +104,8 @@ def test_backup_then_restore_elsewhere_gives_the_same_state_and_a_log_that_verif
     assert main(["server", "backup", "--config", str(s.config), "--out", str(out)]) == 0
     assert "backup written" in capsys.readouterr().out and out.stat().st_mode & 0o077 == 0
     source = verify_log(server_data(s.config)["audit_dir"], log_key(s.config))
-    assert source.ok and actions(source)["state.migrated"] == 1
+    assert source.ok and actions(source)["state.migrated"] == 1  # the pre-migration state adopted at start
+    assert actions(source)["state.purged"] == 1  # and its 40-day-old round deleted by retention, logged
     target = s.target("restored")
     assert main(["server", "restore", "--config", str(target), "--from", str(out)]) == 0
     store = StateStore(str(server_data(target)["database_url"]))

@@ -21,6 +21,13 @@ backoff and jitter; 4xx never are (:class:`~client_agent.errors.ServerRefusedErr
 a pin mismatch. Every endpoint the agent calls is safe to repeat: submissions are idempotent
 by design (the same envelope gets the same receipt), enrolment and calibration overwrite.
 Waits between attempts end early when the agent is asked to stop.
+
+A dropped link: nothing tells either end. A long poll's answer is due after its ``wait``, so
+its read timeout is that wait plus :attr:`ServerChannel.poll_grace_s`, not the general read
+timeout: an answer the server wrote into a dead connection would only arrive through TCP's
+retransmissions, whose gaps double (up to two minutes on Linux) while the link is down; a
+fresh connection after the short timeout is through as soon as the link is back
+(``deploy/RUNBOOK.md``, "When a site's link drops").
 """
 
 from __future__ import annotations
@@ -173,6 +180,7 @@ class ServerChannel:
     rng: random.Random = field(default_factory=random.SystemRandom)
     transport: httpx.BaseTransport | None = None
     reloader: TlsReloader | None = None
+    poll_grace_s: float = 10.0  # a long poll still unanswered this long after its wait: the connection is dead
 
     def __post_init__(self) -> None:
         self._client = self._new_client()
@@ -229,8 +237,15 @@ class ServerChannel:
         return self._call("POST", "/v1/calibration", Ack, json=report.model_dump(mode="json"))
 
     def next_task(self, wait_s: float) -> ScoringTask | None:
-        """Long-poll: a task, or None when the server had none within ``wait_s``."""
-        reply = self.request("GET", "/v1/tasks/next", params={"wait": wait_s})
+        """Long-poll: a task, or None when the server had none within ``wait_s``.
+
+        Read timeout ``wait_s + poll_grace_s`` (at most the general one): see the module docstring.
+        """
+        general = self.timeout.read
+        read = wait_s + self.poll_grace_s if general is None else min(general, wait_s + self.poll_grace_s)
+        timeout = httpx.Timeout(connect=self.timeout.connect, read=read, write=self.timeout.write,
+                                pool=self.timeout.pool)
+        reply = self.request("GET", "/v1/tasks/next", params={"wait": wait_s}, timeout=timeout)
         return None if reply.status_code == 204 else _parse(reply, ScoringTask)
 
     def decline(self, task_id: str, code: str, reason: str) -> Ack:

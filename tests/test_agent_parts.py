@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +169,23 @@ def test_backoff_grows_and_stays_capped(attempt: int) -> None:
     assert ceiling / 2 <= policy.delay(attempt, rng) <= ceiling
 
 
-# -- the pin, over real mutual TLS -------------------------------------------------------------------------
+# -- the pin and a dead long poll, over real mutual TLS ------------------------------------------------------
+@contextmanager
+def _serve(app: Any, context: ssl.SSLContext) -> Iterator[str]:
+    """A real uvicorn over mutual TLS on loopback, in a thread; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, ssl_context=context))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 def test_a_server_with_another_identity_gets_no_request(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
     impostor, alice = pki.issue("impostor", "server"), pki.issue("alice")
@@ -179,16 +198,9 @@ def test_a_server_with_another_identity_gets_no_request(tmp_path: Path) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    port = free_port()
     context = server_ssl_context(impostor.cert, impostor.key, pki.ca_cert, pki.crl)
-    server = uvicorn.Server(uvicorn_config(app, host="127.0.0.1", port=port, ssl_context=context))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
+    with _serve(app, context) as url:
         tls = client_ssl_context(alice.cert, alice.key, pki.ca_cert, pki.crl)
-        url = f"https://127.0.0.1:{port}"
         for pin in (ServerPin(pki.server.identity), ServerPin(impostor.identity, "0" * 64)):
             channel = ServerChannel(url, tls, pin, retry=RetryPolicy(max_attempts=1))
             with pytest.raises(PinMismatchError, match="not the pinned"):
@@ -198,9 +210,31 @@ def test_a_server_with_another_identity_gets_no_request(tmp_path: Path) -> None:
         right = ServerChannel(url, tls, ServerPin(impostor.identity), retry=RetryPolicy(max_attempts=1))
         assert right.request("GET", "/v1/status").text == "ok" and hits == ["/v1/status"]
         right.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+
+
+def test_an_unanswered_long_poll_is_given_up_after_its_wait_not_the_read_timeout(tmp_path: Path) -> None:
+    """What a dropped link looks like to the agent: the poll's answer never comes (RUNBOOK: a site's link drops)."""
+    pki = make_pki(tmp_path)
+    alice = pki.issue("alice")
+    polls: list[str] = []
+
+    async def black_hole(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            polls.append(scope["query_string"].decode())
+            await asyncio.sleep(4)  # the answer is lost on the way (then the handler ends, unanswered)
+
+    context = server_ssl_context(pki.server.cert, pki.server.key, pki.ca_cert, pki.crl)
+    with _serve(black_hole, context) as url:
+        tls = client_ssl_context(alice.cert, alice.key, pki.ca_cert, pki.crl)
+        channel = ServerChannel(url, tls, ServerPin(pki.server.identity), poll_grace_s=0.5,
+                                retry=RetryPolicy(max_attempts=2, base_s=0.01), timeout=httpx.Timeout(60.0))
+        started = time.monotonic()
+        with pytest.raises(ServerUnreachableError, match="ReadTimeout.*gave up after 2 attempts"):
+            channel.next_task(0.5)
+        elapsed = time.monotonic() - started
+        channel.close()
+    assert polls == ["wait=0.5", "wait=0.5"]  # each attempt on a fresh connection reached the server
+    assert 2.0 <= elapsed < 3.9, elapsed  # 2 x (wait + grace): given up long before the general 60 s read timeout
 
 
 # -- receipts and inclusion proofs -------------------------------------------------------------------------

@@ -188,3 +188,33 @@ def test_the_report_renders_in_a_browser(world: dict[str, Any], tmp_path: Path) 
     chromium(home, f"--screenshot={shot}", "--window-size=1300,2000", url)
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000, len(data)  # tables and text, not a blank page
+
+
+def _entry(index: int, action: str, round_id: str | None = None, **details: object) -> dict[str, Any]:
+    return {"index": index, "action": action, "actor": "server", "time": 1.0 + index, "round_id": round_id,
+            "details": details}
+
+
+def test_fused_only_decryptions_are_judged_against_the_policy_and_the_key_holders_log() -> None:
+    from audit.report.build import PolicyTerms, judge_decryptions
+    from audit.report.facts import decryption_facts
+
+    kinds = {"calibrate-1": "calibrate", "score-1": "score"}
+    keyholder = [_entry(0, "decrypt.agent", "calibrate-1"), _entry(1, "decrypt.fused", "score-1"),
+                 _entry(2, "decrypt.agent", "score-1")]
+    server = [_entry(0, "keyholder.agent_decryption", "calibrate-1", keyholder_audit_index=0),
+              _entry(1, "decrypt.fused", "score-1", keyholder_audit_index=1)]
+    policy = PolicyTerms(source="p.toml", digest="sha256:0", mode="fused-only", max_epsilon=3.0,
+                         lifetime_epsilon=None, public_rounds_per_agent=True)
+    failures: list[str] = []
+    judged = judge_decryptions(decryption_facts(server, keyholder, kinds), "fused-only", policy, True, failures)
+    assert judged["keyholder"]["decrypt_agent_by_round_kind"] == {"calibrate": 1, "score": 1}
+    assert failures == ["fused-only: the key holder opened 1 member vector(s) of score rounds, which the policy "
+                        "does not allow"]
+
+    server.append(_entry(2, "decrypt.agent", "score-1"))  # the server opening one member's vector itself
+    server[1]["details"]["keyholder_audit_index"] = 0  # and citing the wrong key-holder entry
+    failures = []
+    judge_decryptions(decryption_facts(server, keyholder[:2], kinds), "fused-only", policy, True, failures)
+    assert failures[0] == "fused-only: the server logged 1 per-member decryptions"
+    assert "cites key-holder entry 0, which is decrypt.agent of round calibrate-1" in failures[1]

@@ -147,8 +147,9 @@ def _judge_members(members: dict[str, dict[str, Any]], agents: list[_Log], polic
     return out
 
 
-def _judge_decryptions(facts: dict[str, Any], mode: str | None, policy: PolicyTerms | None,
+def judge_decryptions(facts: dict[str, Any], mode: str | None, policy: PolicyTerms | None,
                        has_keyholder: bool, failures: list[str]) -> dict[str, Any]:
+    """What the privacy mode allows, and a failure for each decryption beyond it (appended to ``failures``)."""
     allowed: list[str] = []
     if mode == "fused-only":
         allowed.append("the server: no per-member decryption at all; the key holder: fused sums")
@@ -204,7 +205,7 @@ def build_report(server: LogInput, agents: list[LogInput], *, keyholder: LogInpu
     flags.extend(f"policy in force: {reason}" for reason in [*(policy.insecure if policy else []), *logged])
     member_rows = _judge_members(members, agent_logs, policy, failures, flags)
     mode = policy.mode if policy else in_force.get("privacy_mode")
-    decryptions = _judge_decryptions(decryption_facts(srv.entries, kh.entries if kh else None,
+    decryptions = judge_decryptions(decryption_facts(srv.entries, kh.entries if kh else None,
                                                       sfacts["round_kinds"]), mode, policy, kh is not None, failures)
     revocations = list(sfacts["revocations"])
     if ca_log is not None:

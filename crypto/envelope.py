@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import math
@@ -98,11 +99,21 @@ class Envelope:
         }
 
     def to_bytes(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return self._wire
 
     def sha256(self) -> str:
         """Digest of the wire form: what audit logs and receipts record instead of content."""
-        return hashlib.sha256(self.to_bytes()).hexdigest()
+        return self._digest
+
+    @functools.cached_property
+    def _wire(self) -> bytes:
+        # computed once per (immutable) envelope: the server asks for the digest on arrival, at storage and at
+        # fusion, and a ckks envelope's wire form is ~440 KB of base64 (issue 14 §6)
+        return canonical_json(self.to_dict())
+
+    @functools.cached_property
+    def _digest(self) -> str:
+        return hashlib.sha256(self._wire).hexdigest()
 
     @classmethod
     def from_dict(cls, data: Any) -> Envelope:

@@ -173,7 +173,8 @@ class GroupCommit:
         signature = base64.b64encode(self.signing_key.sign(receipt.signed_bytes())).decode("ascii")
         item.receipt = receipt.model_copy(update={"signature_b64": signature})
         return {"task_id": item.task.task_id, "agent": item.agent, "round_id": item.task.round_id,
-                "envelope_sha256": item.opened.envelope_sha256, "envelope": item.envelope.to_dict(),
+                "envelope_sha256": item.opened.envelope_sha256,
+                "envelope": item.envelope.to_bytes().decode("utf-8"),  # the canonical JSON its digest was taken of
                 "receipt": item.receipt.model_dump(mode="json"), "now": item.now, "nonce": item.nonce}
 
     def _one_by_one(self, accepted: list[Submission], rows: list[dict[str, Any]],

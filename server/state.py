@@ -148,6 +148,11 @@ class TaskRow:
     status: str
 
 
+def _json_text(value: str | Mapping[str, Any]) -> str:
+    """JSON text to store: ``value`` itself when the caller already holds it (an envelope's canonical wire form)."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -330,14 +335,14 @@ class StateStore:
     # -- submissions ------------------------------------------------------------------------
     def record_submission(
         self, *, task_id: str, agent: str, round_id: str, envelope_sha256: str,
-        envelope: Mapping[str, Any], receipt: Mapping[str, Any], now: float,
+        envelope: Mapping[str, Any] | str, receipt: Mapping[str, Any], now: float,
     ) -> bool:
         """Store an accepted submission and mark its task answered; False if one already exists."""
         try:
             with self._tx() as conn:
                 conn.execute(insert(submissions).values(
                     task_id=task_id, agent=agent, round_id=round_id, envelope_sha256=envelope_sha256,
-                    envelope=json.dumps(envelope), receipt=json.dumps(receipt), received_at=now,
+                    envelope=_json_text(envelope), receipt=json.dumps(receipt), received_at=now,
                 ))
                 conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(status="submitted"))
         except SQLIntegrityError:
@@ -368,7 +373,8 @@ class StateStore:
     def record_submissions(self, accepted: Sequence[Mapping[str, Any]],
                            nonces_only: Sequence[tuple[str, str, float]] = ()) -> bool:
         """Group commit: accepted submissions (``record_submission``'s keywords plus ``nonce``:
-        ``(sender, nonce, expires_at)``) and nonces of refused envelopes, in **one** transaction.
+        ``(sender, nonce, expires_at)``; ``envelope`` may be its JSON text already) and nonces of
+        refused envelopes, in **one** transaction.
 
         False, with nothing stored, if any row conflicts (a twin stored meanwhile by another
         writer): the caller then stores them one by one.
@@ -384,7 +390,7 @@ class StateStore:
                 if accepted:
                     conn.execute(insert(submissions), [{
                         "task_id": a["task_id"], "agent": a["agent"], "round_id": a["round_id"],
-                        "envelope_sha256": a["envelope_sha256"], "envelope": json.dumps(a["envelope"]),
+                        "envelope_sha256": a["envelope_sha256"], "envelope": _json_text(a["envelope"]),
                         "receipt": json.dumps(a["receipt"]), "received_at": a["now"]} for a in accepted])
                     conn.execute(update(tasks).where(tasks.c.task_id.in_([a["task_id"] for a in accepted]))
                                  .values(status="submitted"))

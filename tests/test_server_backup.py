@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from helpers.consortium import Agent, actions, audit_report, enrol_and_submit, log_key, server_data, write_policy
 from helpers.pki import make_pki
-from helpers.postgres import postgres_server
+from helpers.postgres import Postgres
 from helpers.procs import free_port, start_server, write_server_config
 from sqlalchemy import create_engine, insert
 from sqlalchemy.engine import make_url
@@ -120,19 +120,18 @@ def test_backup_then_restore_elsewhere_gives_the_same_state_and_a_log_that_verif
         report.entries
 
 
-def test_a_backup_restores_into_postgres_and_back(site: tuple[Site, dict[str, Any]]) -> None:
+def test_a_backup_restores_into_postgres_and_back(site: tuple[Site, dict[str, Any]], postgres: Postgres) -> None:
     s, accepted = site
     out = s.root / "b-pg"
     backup(load_server_config(s.config), out)
-    with postgres_server() as pg:
-        url = pg.new_database()
-        on_postgres = load_server_config(s.target("pg", database_url=url))
-        restore(on_postgres, out)
-        store = StateStore(url)
-        assert store.submission(accepted["task_id"])["receipt"] == accepted["receipt"]  # type: ignore[index]
-        assert [a["identity"] for a in store.list_agents()] == [accepted["receipt"]["agent"]]
-        store.engine.dispose()
-        manifest = backup(on_postgres, s.root / "b-from-pg")  # and back: PostgreSQL -> SQLite
+    url = postgres.new_database()
+    on_postgres = load_server_config(s.target("pg", database_url=url))
+    restore(on_postgres, out)
+    store = StateStore(url)
+    assert store.submission(accepted["task_id"])["receipt"] == accepted["receipt"]  # type: ignore[index]
+    assert [a["identity"] for a in store.list_agents()] == [accepted["receipt"]["agent"]]
+    store.engine.dispose()
+    manifest = backup(on_postgres, s.root / "b-from-pg")  # and back: PostgreSQL -> SQLite
     assert manifest["source_dialect"] == "postgresql"
     back = s.target("back-on-sqlite")
     restore(load_server_config(back), s.root / "b-from-pg")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from helpers.consortium import Agent, actions, audit_report, enrol_and_submit, write_policy
 from helpers.pki import make_pki
-from helpers.postgres import Postgres, postgres_server
+from helpers.postgres import Postgres
 from helpers.procs import free_port, start_server, write_server_config
 from sqlalchemy import create_engine, insert, select, text
 
@@ -35,17 +34,11 @@ from wire.messages import Receipt
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Postgres]:
-    with postgres_server() as server:
-        yield server
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
-    return request.getfixturevalue("pg").new_database()
+    return request.getfixturevalue("postgres").new_database()
 
 
 def test_an_empty_database_gets_the_newest_schema_exactly_as_the_tables_say(database_url: str) -> None:
@@ -115,8 +108,8 @@ def _race(n: int, action: object) -> list[bool]:
     return results
 
 
-def test_racing_writers_keep_one_submission_per_task_and_one_use_per_nonce(pg: Postgres) -> None:
-    store = StateStore(pg.new_database())
+def test_racing_writers_keep_one_submission_per_task_and_one_use_per_nonce(postgres: Postgres) -> None:
+    store = StateStore(postgres.new_database())
     with store.engine.connect() as conn:  # the session guarantees state_files promises
         assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
         assert conn.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
@@ -139,8 +132,8 @@ def test_racing_writers_keep_one_submission_per_task_and_one_use_per_nonce(pg: P
     store.engine.dispose()
 
 
-def test_the_store_round_trips_every_kind_of_row_on_postgres(pg: Postgres) -> None:
-    store = StateStore(pg.new_database())
+def test_the_store_round_trips_every_kind_of_row_on_postgres(postgres: Postgres) -> None:
+    store = StateStore(postgres.new_database())
     agent = "mor://testnet/client/alice"
     store.upsert_agent(agent, signing_key_b64="k" * 44, architecture="mlp", epsilon=3.0, delta=1e-6,
                        privacy_report={"eps": 3.0}, now=10.0)
@@ -163,8 +156,8 @@ def test_the_store_round_trips_every_kind_of_row_on_postgres(pg: Postgres) -> No
     store.engine.dispose()
 
 
-def test_a_round_through_the_real_server_on_postgres_survives_a_restart(pg: Postgres, tmp_path: Path) -> None:
-    url = pg.new_database()
+def test_a_round_through_the_real_server_on_postgres_survives_a_restart(postgres: Postgres, tmp_path: Path) -> None:
+    url = postgres.new_database()
     pki = make_pki(tmp_path)
     config = write_server_config(tmp_path, pki, policy=write_policy(tmp_path / "policy.toml"), port=free_port(),
                                  database_url=url)
@@ -191,11 +184,11 @@ def test_a_round_through_the_real_server_on_postgres_survives_a_restart(pg: Post
     assert actions(report)["submission.accepted"] == 1
 
 
-def test_a_fused_round_on_postgres(pg: Postgres, tmp_path: Path) -> None:
+def test_a_fused_round_on_postgres(postgres: Postgres, tmp_path: Path) -> None:
     """The coordinator's whole round — tasks issued, three members' CKKS envelopes, fusion — on PostgreSQL."""
     from test_rounds_coordinator import AGENTS, ITEMS, PROMPTS, World, expected
 
-    world = World(tmp_path, database_url=pg.new_database())
+    world = World(tmp_path, database_url=postgres.new_database())
     try:
         for agent in AGENTS:
             world.run_agent(agent)

@@ -1,5 +1,7 @@
 """A real PostgreSQL server for the state store's tests: a throwaway cluster on loopback.
 
+Tests take it as the session fixture ``postgres`` (tests/conftest.py): one cluster per run.
+
 Why a private cluster and not the machine's ``main`` one: the test owns everything it touches
 (a temporary data directory, a free port on 127.0.0.1, a role and databases it creates with
 passwords, scram-sha-256 over TCP as in production) and leaves nothing behind. It needs the

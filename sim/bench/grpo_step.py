@@ -144,6 +144,9 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                     calls.setdefault(name, []).append(call_t[name])
         finally:
             world.close()
+        from sim.bench.grpo_split import measure  # the trainer apart from the service (issue 16 §2)
+
+        split = measure(policy=policy, prompts=prompts, repeats=repeats, rounds=rounds)
     skipped = sum(1 for fed in federated for res in fed.results if res.skipped)
     if skipped:  # a step whose round was skipped paid no reward: timing it would flatter federation
         raise BenchMeasurementError(f"{skipped} federated rounds were skipped (below quorum): no step-time figure")
@@ -156,4 +159,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                               calls["in-process"]))
     figures.append(paired(SECTION, f"reward call, coordinator poll {NEW_POLL_S}s vs {OLD_POLL_S}s (after/before)",
                           "s", calls["federated"], f"poll {OLD_POLL_S}s", calls["federated-before"]))
-    return SectionResult(figures, notes)
+    notes.append("trainer apart: a second GRPO run per repeat alternating in-process / coordinator in the trainer / "
+                 "mor server train's transport (mTLS to /v1/trainer/rounds), 3 synthetic member processes over mTLS "
+                 "(sim/bench/grpo_split.py); scoring is not overlapped with generation: TRL waits for the reward")
+    return SectionResult(figures + split, notes)

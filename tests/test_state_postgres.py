@@ -199,3 +199,21 @@ def test_a_fused_round_on_postgres(postgres: Postgres, tmp_path: Path) -> None:
     finally:
         world.close()
         world.state.engine.dispose()
+
+
+def test_the_server_refuses_to_start_on_a_newer_schema_and_says_what_to_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mor_cli.main import main
+
+    config = write_server_config(tmp_path, make_pki(tmp_path), policy=write_policy(tmp_path / "policy.toml"),
+                                 port=free_port())
+    url = f"sqlite:///{tmp_path / 'server-data' / 'state.db'}"
+    (tmp_path / "server-data").mkdir(exist_ok=True)
+    StateStore(url).engine.dispose()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00d'"))
+    engine.dispose()
+    assert main(["server", "serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "newer than this software knows" in err and "mor server restore" in err and "Traceback" not in err

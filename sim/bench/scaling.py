@@ -82,9 +82,15 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
             finally:
                 for agent in agents:
                     agent.close()
-    if skipped:  # a skipped round's "latency" is the deadline: no figure rather than a false one
+    return _result(levels, latency, skipped, repeats)
+
+
+def _result(levels: tuple[int, ...], latency: dict[int, list[float]], skipped: int, repeats: int) -> SectionResult:
+    """Round latency per level against the smallest, or :class:`BenchMeasurementError` if any round was skipped."""
+    if skipped or any(len(latency[n]) != repeats for n in levels):
+        # a skipped round's "latency" is its deadline: no figure rather than a false one
         raise BenchMeasurementError(f"{skipped} of {repeats * len(levels)} scaling rounds were skipped (quorum not "
-                                    "met): no latency figure is reported")
+                                    "met) or not run: no latency figure is reported")
     figures: list[Figure] = [paired(SECTION, f"round latency, {n} agents", "s", latency[n], f"{levels[0]} agents",
                                     latency[levels[0]], items=ITEMS) for n in levels]
     notes = [f"{ITEMS} scores per agent per round, ckks; coordinator and long-polls woken by the service's "

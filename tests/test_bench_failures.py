@@ -1,0 +1,50 @@
+"""A benchmark that failed to measure reports failure, never a figure (issue 14 §6).
+
+The 64-agent scaling run once skipped its rounds and still printed a ratio. Each section turns
+what it measured into figures in one place; these tests feed those places a level that failed
+(a skipped round, a failed request, a lost receipt, nothing accepted) and expect
+:class:`~sim.errors.BenchMeasurementError` — which ``mor bench`` records as a failed section and
+exits 1 — while a clean sample still gives figures.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sim.bench import ingest, scaling
+from sim.errors import BenchMeasurementError
+
+
+def _level(accepted: int = 50, **changes: Any) -> dict[str, Any]:
+    level = {"agents": 8, "seconds": 8.0, "accepted": accepted, "receipts_valid": accepted, "db_rows": accepted,
+             "audit_entries": accepted, "envelopes_per_s": accepted / 8.0, "cpu_per_envelope_s": 0.01,
+             "per_commit": 2.0, "p50_s": 0.05, "p99_s": 0.2, "errors": {}}
+    return {**level, **changes}
+
+
+def test_clean_ingest_levels_give_figures() -> None:
+    result = ingest._result((8, 64), {8: [_level()], 64: [_level(80)]}, 8.0)
+    names = {f.name for f in result.figures}
+    assert "64 agents: envelopes/s" in names and result.checks["nothing_lost"] is True
+
+
+@pytest.mark.parametrize("bad", [
+    {"errors": {"503:storage_unavailable": 1}},  # a failed request
+    {"db_rows": 49},  # a receipt without its row
+    {"audit_entries": 49},  # a receipt without its audit entry
+    {"accepted": 0, "receipts_valid": 0, "db_rows": 0, "audit_entries": 0},  # nothing measured
+])
+def test_an_ingest_level_that_failed_is_an_error_not_a_figure(bad: dict[str, Any]) -> None:
+    with pytest.raises(BenchMeasurementError, match="no figure"):
+        ingest._result((8, 64), {8: [_level()], 64: [_level(**bad)]}, 8.0)
+
+
+def test_skipped_or_missing_scaling_rounds_are_an_error_not_a_figure() -> None:
+    clean = {2: [0.1, 0.1], 64: [0.2, 0.3]}
+    assert len(scaling._result((2, 64), clean, 0, 2).figures) == 2
+    with pytest.raises(BenchMeasurementError, match="skipped"):
+        scaling._result((2, 64), clean, 1, 2)
+    with pytest.raises(BenchMeasurementError, match="not run"):
+        scaling._result((2, 64), {2: [0.1, 0.1], 64: [0.2]}, 0, 2)

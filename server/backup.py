@@ -116,9 +116,13 @@ def backup(config: ServerConfig, out: Path, *, now: float | None = None) -> dict
     """Write a backup of ``config``'s state and audit log to ``out`` (a new directory or ``.tar.gz``)."""
     out = Path(out)
     _check_out(out)
+    try:  # work beside the destination: same file system (a final rename), no copy of the state in /tmp
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"{out}: cannot write the backup: {exc.strerror or exc}") from None
     section = config.server
     key = server_key(config)
-    with writer_lock(section.audit_dir), tempfile.TemporaryDirectory(prefix="mor-backup-") as tmp:
+    with writer_lock(section.audit_dir), tempfile.TemporaryDirectory(prefix=".mor-backup-", dir=out.parent) as tmp:
         work = Path(tmp) / "backup"
         (work / "audit").mkdir(parents=True, mode=0o700)
         report = verify_log(section.audit_dir, key.verify_key())
@@ -166,7 +170,6 @@ def _seal(work: Path) -> None:
 
 def _publish(work: Path, out: Path) -> None:
     """Move the finished backup to ``out`` (a directory, or a tarball when it ends in .tar.gz/.tgz)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.name.endswith(TARBALL_SUFFIXES):
         partial = out.with_name(out.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from crypto.signing import SigningKey
@@ -120,6 +121,7 @@ class Services:
     clock: Clock = time.time
     long_poll_max_s: float = 30.0
     poll_interval_s: float = 0.5  # long-polls wake on events; this re-read only sees other processes' tasks
+    tls_cert: Path | None = None  # the server's own certificate file: the status page shows its expiry
     stopping: threading.Event = field(default_factory=StopSignal)
     ingest: GroupCommit = field(init=False, repr=False)
 

@@ -24,16 +24,8 @@ from html import escape
 
 from pydantic import BaseModel, ConfigDict
 
-from server.status_progress import (
-    CertificateView,
-    TrainingProgressView,
-    certificate_view,
-    read_training_progress,
-)
+from server.status_progress import CertificateView, TrainingProgressView
 from wire.messages import ServerStatus
-
-__all__ = ["CertificateView", "DatasetView", "MemberHealthView", "RouterWeightsView", "StatusSnapshot",
-           "TrainingProgressView", "certificate_view", "read_training_progress", "render_status_page"]
 
 
 class RouterWeightsView(BaseModel):
@@ -85,6 +77,7 @@ class StatusSnapshot(ServerStatus):
     insecure: list[str] = []  # every protection the policy switches off (Policy.insecure_reasons)
     training: TrainingProgressView | None = None
     your_certificate: CertificateView | None = None
+    server_certificate: CertificateView | None = None
 
 
 _STYLE = """
@@ -154,6 +147,13 @@ def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+def _cert_cell(cert: CertificateView | None) -> str:
+    if cert is None:
+        return "unknown"
+    warn = f" <span class='off'>{escape(cert.warning)}</span>" if cert.warning else ""
+    return f"{escape(_when(cert.not_after))} (<code>{escape(cert.identity)}</code>){warn}"
+
+
 def _banner(status: StatusSnapshot) -> str:
     flags = "".join(f"<li>{escape(reason)}</li>" for reason in status.insecure)
     insecure = (f"<div class='insecure' id='insecure'>INSECURE: this consortium's policy switches protections off"
@@ -187,6 +187,7 @@ def render_status_page(status: StatusSnapshot) -> str:
         ["current round", escape(status.current_round or "none")],
         ["audit log size", str(status.audit_size)],
         ["audit root (sha256)", f"<code>{escape(status.audit_root_sha256)}</code>"],
+        ["server certificate expires", _cert_cell(status.server_certificate)],
         ["CRL next update", escape(_when(status.crl_next_update)) + (
             f" <span class='off'>{escape(status.crl_warning)}</span>" if status.crl_warning else "")],
     ]

@@ -1,4 +1,4 @@
-"""What the status page reads beyond the state store: GRPO progress from the audit log, the viewer's certificate.
+"""What the status page reads beyond the state store: GRPO progress from the audit log, certificates' expiry.
 
 Why from the audit log: the trainer already records every ``grpo.step`` (step, reward, KL) and
 the run's plan (``training.started``: ``max_steps``) there, signed; reading them back needs no
@@ -96,6 +96,20 @@ def certificate_view(der: bytes | None, now: float) -> CertificateView | None:
 
 def _number(value: object) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def certificate_file_view(path: Path | None, now: float) -> CertificateView | None:
+    """:func:`certificate_view` of a PEM certificate file, read at each call (a renewed one shows at once)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    if path is None:
+        return None
+    try:
+        der = x509.load_pem_x509_certificate(Path(path).read_bytes()).public_bytes(Encoding.DER)
+    except (OSError, ValueError):
+        return None
+    return certificate_view(der, now)
 
 
 def read_training_progress(entries: Path) -> TrainingProgressView | None:

@@ -166,7 +166,7 @@ def open_server(config: ServerConfig, *, clock: Any = time.time) -> ServerRuntim
         )
         services = Services(policy=service, state=StateStore(config.server.database_url, clock=clock), audit=audit,
                             signing_key=signing_key, admission=admission, privacy=privacy, clock=clock,
-                            long_poll_max_s=config.server.long_poll_max_s)
+                            long_poll_max_s=config.server.long_poll_max_s, tls_cert=config.tls.cert)
         observability = observe_server(config, services, metrics)
         change = services.state.schema_change
         if change.changed:  # the schema was created or upgraded at this start (server/migrations)

@@ -6,7 +6,8 @@ the browser's NSS database with ``pk12util`` (the consortium CA trusted for serv
 ``mor server serve`` over mutual TLS under a *pilot* policy whose audit log already records a
 GRPO run (two steps of three). Execute: ``chromium --dump-dom`` and ``--screenshot`` of
 ``/status``. Assert: the page rendered with the red INSECURE/pilot banner, the as-of time, the
-viewer's certificate expiry, the CRL's next update and the GRPO step, reward and KL; a browser
+viewer's and the server's certificate expiry, the CRL's next update and the GRPO step, reward
+and KL; a browser
 without a certificate gets no page.
 
 Skips (with the reason printed) only when ``/usr/bin/chromium`` or ``pk12util`` is missing, or
@@ -113,6 +114,8 @@ def test_a_person_with_the_exported_certificate_sees_the_page(site: dict[str, ob
     mine = dom[dom.index('id="your-certificate"'):]
     assert "mor://testnet/auditor/audrey" in mine[:400] and "your certificate expires 20" in mine
     assert "CRL next update" in dom
+    server_cert = dom[dom.index("server certificate expires"):][:400]
+    assert "mor://testnet/server/server" in server_cert and "20" in server_cert
     training = dom[dom.index("<h2>Training (GRPO)</h2>"):]
     assert "2 of 3" in training and "0.3125" in training and "0.0123" in training
     assert "interrupted" in training  # the server was started again after the run it shows

@@ -32,10 +32,13 @@ from server.status_page import (
     MemberHealthView,
     RouterWeightsView,
     StatusSnapshot,
+    render_status_page,
+)
+from server.status_progress import (
     TrainingProgressView,
+    certificate_file_view,
     certificate_view,
     read_training_progress,
-    render_status_page,
 )
 from wire.messages import AgentStatus
 
@@ -113,6 +116,7 @@ def server_status(services: Services, viewer: Caller | None = None,
         crl_warning=crl.warning if crl else "revocation list unusable: every connection is refused",
         as_of=now, insecure=list(services.policy.insecure_reasons), training=_training(services),
         your_certificate=certificate_view(viewer_cert_der, now),
+        server_certificate=certificate_file_view(services.tls_cert, now),
     )
 
 

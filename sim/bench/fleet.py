@@ -1,9 +1,9 @@
 """The bench's consortium on loopback: CA and policy, the server in-process, a key holder and agent processes.
 
 Certificates, configs and processes come from the shared harness (:mod:`sim.harness`); what
-is the bench's own is its policy (rate limits far above the load it generates) and its
-agents, which take JSON-line commands on stdin (:mod:`sim.bench.synth_agent`,
-:mod:`sim.bench.model_agent`).
+is the bench's own is its policy (rate limits far above the load it generates), connection
+bounds per peer that let a whole fleet connect from loopback, and its agents, which take
+JSON-line commands on stdin (:mod:`sim.bench.synth_agent`, :mod:`sim.bench.model_agent`).
 
 The server runs as :class:`sim.harness.InProcessServer`: ``mor server run``'s process model
 (API thread + training side in one process, one state store, one audit log). The bench plays
@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,8 @@ from sim.harness import (
 )
 
 CONSORTIUM = "bench"
+# every bench agent connects from 127.0.0.1: the per-peer bounds (16 handshakes, 64 connections) are for one site
+BENCH_CONNECTIONS = {"max_connections_per_ip": 1024, "max_handshakes_per_ip": 256, "max_handshakes": 256}
 Mode = Literal["ckks", "tls-only", "fused-only"]
 
 
@@ -76,6 +79,8 @@ def start_server(pki: ConsortiumPKI, mode: Mode, *, keyholder_url: str | None = 
     config = server_config(data / "server.toml", data=data, tls=pki.tls("server"), port=free_port(),
                            policy=write_policy(data / "policy.toml", mode), keyholder_url=keyholder_url,
                            ckks_secret=mode != "fused-only")
+    tables = tomllib.loads(config.read_text("utf-8"))
+    write_toml(config, {**tables, "connections": BENCH_CONNECTIONS})
     return InProcessServer(config)
 
 

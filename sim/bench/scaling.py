@@ -46,6 +46,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     repeats = 1 if smoke else repeats
     logging.getLogger("server.rounds").setLevel(logging.ERROR)
     latency: dict[int, list[float]] = {n: [] for n in levels}
+    server_cpu: dict[int, list[float]] = {n: [] for n in levels}  # API + coordinator: this process's CPU
     skipped = 0
     with tempfile.TemporaryDirectory(prefix="mor-bench-scaling-") as tmp_name:
         tmp = Path(tmp_name)
@@ -70,9 +71,10 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                                 router=UniformRouter([a.identity for a in active]),
                                 policy=RoundPolicy(quorum=n, deadline_s=120.0), show_progress=False,
                                 features=lambda ps: torch.zeros(len(ps), 4))
-                            started = time.perf_counter()
+                            started, cpu = time.perf_counter(), server.cpu_seconds()
                             result = coordinator.run_round("score", [prompt], items)
                             latency[n].append(time.perf_counter() - started)
+                            server_cpu[n].append(server.cpu_seconds() - cpu)
                             skipped += int(result.skipped)
                             for agent in active:
                                 agent.send({"cmd": "stop"})
@@ -82,17 +84,19 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
             finally:
                 for agent in agents:
                     agent.close()
-    return _result(levels, latency, skipped, repeats)
+    return _result(levels, latency, skipped, repeats, server_cpu)
 
 
-def _result(levels: tuple[int, ...], latency: dict[int, list[float]], skipped: int, repeats: int) -> SectionResult:
+def _result(levels: tuple[int, ...], latency: dict[int, list[float]], skipped: int, repeats: int,
+            server_cpu: dict[int, list[float]] | None = None) -> SectionResult:
     """Round latency per level against the smallest, or :class:`BenchMeasurementError` if any round was skipped."""
     if skipped or any(len(latency[n]) != repeats for n in levels):
         # a skipped round's "latency" is its deadline: no figure rather than a false one
         raise BenchMeasurementError(f"{skipped} of {repeats * len(levels)} scaling rounds were skipped (quorum not "
                                     "met) or not run: no latency figure is reported")
     figures: list[Figure] = [paired(SECTION, f"round latency, {n} agents", "s", latency[n], f"{levels[0]} agents",
-                                    latency[levels[0]], items=ITEMS) for n in levels]
+                                    latency[levels[0]], items=ITEMS, server_cpu_s=(server_cpu or {}).get(n, []))
+                           for n in levels]
     notes = [f"{ITEMS} scores per agent per round, ckks; coordinator and long-polls woken by the service's "
              "commits (server.round_events), verified envelopes handed over in memory"]
     return SectionResult(figures, notes, {"rounds_skipped": skipped})

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from alembic import command
-from sqlalchemy import MetaData, Table, insert, select
+from sqlalchemy import MetaData, Table, func, insert, select, text
 from sqlalchemy.engine import Connection, make_url
 
 from audit import AuditLog, verify_log
@@ -143,7 +143,23 @@ def _load_rows(conn: Connection, directory: Path, revision: str) -> None:
                 batch = []
         if batch:
             conn.execute(insert(table), batch)
+    if conn.dialect.name == "postgresql":
+        _advance_sequences(conn, reflected)
     command.upgrade(alembic_config(conn), "head")
+
+
+def _advance_sequences(conn: Connection, tables: MetaData) -> None:
+    """Move each serial column's sequence past the restored ids (inserting explicit ids does not).
+
+    Without this the next ``router_weights`` row would get id 1 again and fail on the primary key.
+    """
+    for table in tables.sorted_tables:
+        for column in table.primary_key.columns:
+            sequence = conn.execute(text("SELECT pg_get_serial_sequence(:t, :c)"),
+                                    {"t": table.name, "c": column.name}).scalar()
+            if sequence:
+                highest = conn.execute(select(func.max(column))).scalar() or 0
+                conn.execute(text("SELECT setval(:s, :next, false)"), {"s": sequence, "next": int(highest) + 1})
 
 
 def _restore_state(url: str, directory: Path, revision: str) -> None:

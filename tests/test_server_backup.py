@@ -63,7 +63,8 @@ class Site:
 
 def _seed_pre_migration_state(url: str, *, round_age_days: float) -> None:
     """A state as the pre-migration server left it (no alembic_version), holding one long-closed round."""
-    rounds, tasks, submissions = (t for t in baseline_tables() if t.name in ("rounds", "tasks", "submissions"))
+    rounds, tasks, submissions, weights = (t for t in baseline_tables()
+                                           if t.name in ("rounds", "tasks", "submissions", "router_weights"))
     then = time.time() - round_age_days * 86_400
     Path(str(make_url(url).database)).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url)
@@ -77,6 +78,8 @@ def _seed_pre_migration_state(url: str, *, round_age_days: float) -> None:
         conn.execute(insert(submissions).values(task_id="old-t", agent="mor://testnet/client/gone", round_id="old",
                                                 envelope_sha256="ab" * 32, envelope="{}", receipt="{}",
                                                 received_at=then))
+        conn.execute(insert(weights).values(kind="uniform", digest="d", basis="b", by_domain="{}", overall="{}",
+                                            updated_at=time.time()))  # id 1 from the table's own sequence
     engine.dispose()
 
 
@@ -130,6 +133,8 @@ def test_a_backup_restores_into_postgres_and_back(site: tuple[Site, dict[str, An
     store = StateStore(url)
     assert store.submission(accepted["task_id"])["receipt"] == accepted["receipt"]  # type: ignore[index]
     assert [a["identity"] for a in store.list_agents()] == [accepted["receipt"]["agent"]]
+    store.set_router_weights(kind="learned", digest="e", basis="b", by_domain={}, overall={}, now=time.time())
+    assert store.current_router_weights()["id"] == 2  # type: ignore[index]  # the id sequence moved past restored rows
     store.engine.dispose()
     manifest = backup(on_postgres, s.root / "b-from-pg")  # and back: PostgreSQL -> SQLite
     assert manifest["source_dialect"] == "postgresql"

@@ -55,6 +55,7 @@ from server.fusion import FusionInput, check_range
 from server.privacy_mode import PrivacyModeBehaviour
 from server.quarantine import Quarantine
 from server.router.base import RouterBase
+from server.router.membership import admit_members
 from server.services import AuditTrail
 from server.state import StateStore
 from wire.calibration import Calibration
@@ -176,6 +177,18 @@ class RoundCoordinator:
         """Swap the router (after a fit); later rounds fuse with it."""
         self.router = router
 
+    def _admit(self, live: list[str]) -> tuple[list[str], list[str]]:
+        """Score rounds: a late member joins a uniform router; one the router cannot weigh is not asked.
+
+        See :mod:`server.router.membership`. Returns (members to ask, live members left out).
+        """
+        router, added, left_out = admit_members(self.router, live)
+        if added:
+            self.router = router
+            self._record("router.updated", {"kind": router.kind, "added": added, "digest": router.digest()})
+            log.info("members %s joined the uniform router", added)
+        return [a for a in live if a not in left_out], left_out
+
     def prompt_features(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """Router features per prompt, cached by prompt id (prompts recur across GRPO epochs)."""
         missing = [p for p in prompts if p.prompt_id not in self._feature_cache]
@@ -292,7 +305,7 @@ class RoundCoordinator:
         task_items = _items(items, len(prompts))
         now = self.clock() if now is None else now
         deadline = now + self.policy.deadline_s
-        asked = self.live_agents(now)
+        asked, not_weighed = self._admit(self.live_agents(now)) if kind == "score" else (self.live_agents(now), [])
         payload = TaskPayload(kind=kind, prompts=[prompt_payload(p) for p in prompts], items=task_items).model_dump()
         enough = len(asked) >= self.policy.quorum
         tasks = {agent: f"{round_id}-{self.new_id()[:12]}" for agent in asked} if enough else {}
@@ -300,7 +313,7 @@ class RoundCoordinator:
                                 task_payloads={a: (t, payload) for a, t in tasks.items()})
         self._record("round.opened", {"round_id": round_id, "kind": kind, "n_prompts": len(prompts),
                                       "n_items": len(task_items), "deadline": deadline, "quorum": self.policy.quorum,
-                                      "tasks": tasks})
+                                      "tasks": tasks, **({"not_weighed": not_weighed} if not_weighed else {})})
         if not enough:
             return self._skip(round_id, kind, asked, [], f"{len(asked)} live agents, quorum is {self.policy.quorum}")
 

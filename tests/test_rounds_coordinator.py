@@ -260,3 +260,24 @@ def test_federated_reward_below_quorum_returns_none(world: World, tmp_path: Path
     got = reward([], [[{"role": "assistant", "content": "x"}]] * 2, None, prompt_id=["p0", "p1"])
     assert got == [None, None]
     assert json.loads((tmp_path / "s.jsonl").read_text())["status"] == "skipped"
+
+
+def test_a_member_enrolled_after_the_router_joins_a_uniform_one_and_is_not_asked_by_another(world: World) -> None:
+    """Found by tests/test_multi_host_netns.py: a late member was asked every round and its scores refused."""
+    from server.router import make_router
+
+    for agent in AGENTS:
+        world.run_agent(agent)
+    world.router = make_router("uniform", AGENTS[:2])  # built before AGENTS[2] enrolled
+    coordinator = world.coordinator(quorum=2, deadline_s=20)
+    result = coordinator.run_round("score", PROMPTS, ITEMS)
+    assert result.status == "fused" and result.agents_used == AGENTS and not result.refused
+    assert coordinator.router.agents == AGENTS
+    assert [d for _, a, d in world.audit.entries if a == "router.updated"] == [
+        {"kind": "uniform", "added": [AGENTS[2]], "digest": coordinator.router.digest()}]
+
+    world.router = input_dependent_router(AGENTS[:2])  # a fitted router has no weight for her: she is not asked
+    result = world.coordinator(quorum=2, deadline_s=20).run_round("score", PROMPTS, ITEMS)
+    assert result.status == "fused" and result.agents_asked == AGENTS[:2] and result.agents_used == AGENTS[:2]
+    opened = [d for _, a, d in world.audit.entries if a == "round.opened"][-1]
+    assert sorted(opened["tasks"]) == sorted(AGENTS[:2]) and opened["not_weighed"] == [AGENTS[2]]

@@ -14,6 +14,7 @@ from server.router.capped import CappedRouter, cap_router
 from server.router.features import PROMPT_FEATURE_DIM, prompt_features
 from server.router.fixed import FixedRouter, UniformRouter
 from server.router.learned import LearnedRouter
+from server.router.membership import admit_members
 from server.router.registry import ROUTERS, make_router
 from server.router.training import RouterFitConfig, RouterFitReport, RouterTrainingSet, fit_router
 
@@ -33,6 +34,7 @@ __all__ = [
     "RouterStateError",
     "RouterTrainingSet",
     "UniformRouter",
+    "admit_members",
     "cap_router",
     "fit_router",
     "make_router",

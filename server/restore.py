@@ -123,7 +123,8 @@ def _check_target(config: ServerConfig, backup_lines: list[bytes], force: bool) 
                          f"of the backup's ({len(backup_lines)}): restoring would lose newer or different history. "
                          "Use --force to replace it (its files are kept aside, never deleted)")
     if has_rows and not target and not force:
-        raise StateError(f"{config.server.database_url}: the database holds state that no audit log covers; "
+        shown = make_url(config.server.database_url).render_as_string(hide_password=True)
+        raise StateError(f"{shown}: the database holds state that no audit log covers; "
                          "use --force to replace it")
     return bool(target) or has_rows
 

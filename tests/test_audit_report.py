@@ -4,8 +4,9 @@ Prepare (once per module, ~10 s): a pilot ``tls-only`` policy and a real server;
 enrol with signed privacy reports and submit signed score vectors for tasks the server's store
 opened, each keeping its own audit log as ``mor client run`` does (``agent.enrolled`` with the
 server's key, ``model.trained`` with its DP noise source, ``receipt.stored`` with the server's
-signed receipt) — bob's noise is a pilot PRNG and one of his vectors is refused (out of range).
-The server is stopped with SIGTERM, so its log is sealed.
+signed receipt) — bob's noise is a pilot PRNG, one of his vectors is refused (out of range), and
+then his certificate is revoked with ``mor ca revoke`` (the CA's own log) and refused by the
+server. The server is stopped with SIGTERM, so its log is sealed.
 
 Execute / Assert: the report passes on the untouched logs and says, in the HTML a browser
 renders and in the JSON, what an auditor looks for (flags in red, per member accepted/refused by
@@ -82,6 +83,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             assert alice.http.get("/v1/no-such-route").status_code == 404
         assert [_answer(alice, logs["alice"], db, s) for s in ([0.1, 0.2], [0.3, -0.4])] == [200, 200]
         assert [_answer(bob, logs["bob"], db, s) for s in ([0.5, 0.6], [0.5, 70.0])] == [200, 422]
+        assert mor(["ca", "revoke", "--dir", str(pki.directory), "--name", "bob"]) == 0  # into the CA's own log
+        assert bob.http.get("/v1/status").status_code == 403  # certificate_revoked, in the server's log
         for agent in (alice, bob):
             agent.close()
             logs[agent.party.name].close()
@@ -91,13 +94,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     key_file.write_bytes(log_key(config).pem())
     return {"tmp": tmp, "server_log": Path(server_data(config)["audit_dir"]), "policy": policy,
             "server_key": key_file, "agents": [tmp / "alice-audit", tmp / "bob-audit"],
-            "alice": alice.identity, "bob": bob.identity}
+            "ca_log": pki.directory / "audit", "alice": alice.identity, "bob": bob.identity}
 
 
 def _report(world: dict[str, Any], out: Path, *, server_log: Path | None = None,
             agents: list[Path] | None = None, policy: Path | None = None) -> tuple[int, dict[str, Any], str]:
     args = ["audit", "report", "--server-log", str(server_log or world["server_log"]), "--server-key",
-            str(world["server_key"]), "--policy", str(policy or world["policy"]), "--out", str(out)]
+            str(world["server_key"]), "--policy", str(policy or world["policy"]), "--ca-log", str(world["ca_log"]),
+            "--out", str(out)]
     for directory in agents or world["agents"]:
         args += ["--agent-log", str(directory)]
     code = mor(args)
@@ -114,14 +118,19 @@ def test_untouched_logs_pass_and_the_report_says_what_an_auditor_looks_for(world
                                                                            tmp_path: Path) -> None:
     code, report, page = _report(world, tmp_path / "out")
     assert code == 0 and report["verdict"] == {"ok": True, "failures": []}
-    assert {log["party"] for log in report["logs"]} == {"server", "agent"} and all(log["ok"] for log in report["logs"])
+    assert [log["party"] for log in report["logs"]] == ["server", "agent", "agent", "ca"]
+    assert all(log["ok"] for log in report["logs"])
     assert report["receipts"]["checked"] == 3 and report["receipts"]["failed"] == 0
     members = {m["identity"]: m for m in report["members"]}
     alice, bob = members[world["alice"]], members[world["bob"]]
     assert (alice["accepted"], alice["rounds_answered"], alice["noise"]) == (2, 2, "production")
     assert alice["refused"] == {"server: not_found": 16}
     assert (bob["accepted"], bob["noise"]) == (1, "pilot")
-    assert bob["refused"] == {"server: score_out_of_range": 1, "agent: submission score_out_of_range": 1}
+    assert bob["refused"] == {"server: score_out_of_range": 1, "server: certificate_revoked": 1,
+                              "agent: submission score_out_of_range": 1}
+    revoked = [(r["identity"], r["source"].split(":")[0]) for r in report["revocations"]]
+    assert revoked == [(world["bob"], "server"), (world["bob"], "CA log")]
+    assert [c["action"] for c in report["credentials"]] == ["certificate.revoked"]
     assert (alice["epsilon"], alice["budget"]) == (3.0, 8.0)
     assert any("pilot = true" in f for f in report["flags"]) and any(world["bob"] in f for f in report["flags"])
     assert report["policy"]["in_force"][0]["privacy_mode"] == "tls-only"

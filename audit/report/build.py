@@ -31,7 +31,7 @@ from typing import Any
 from audit.errors import AuditConfigError
 from audit.reconcile import agent_receipts, verified_entries, verify_party
 from audit.records import checkpoint_from_obj
-from audit.report.facts import agent_facts, decryption_facts, member_facts, server_facts
+from audit.report.facts import agent_facts, ca_facts, decryption_facts, member_facts, server_facts
 from audit.storage import CHECKPOINTS, PUBLIC_KEY
 from crypto.errors import CryptoError
 from crypto.signing import VerifyKey
@@ -208,10 +208,9 @@ def build_report(server: LogInput, agents: list[LogInput], *, keyholder: LogInpu
     decryptions = judge_decryptions(decryption_facts(srv.entries, kh.entries if kh else None,
                                                       sfacts["round_kinds"]), mode, policy, kh is not None, failures)
     revocations = list(sfacts["revocations"])
-    if ca_log is not None:
-        revocations += [{"time": e["time"], "identity": (e.get("details") or {}).get("identity"),
-                         "serial": (e.get("details") or {}).get("serial"), "source": "CA log: certificate.revoked"}
-                        for e in ca_log.entries if e["action"] == "certificate.revoked"]
+    credentials = ca_facts(ca_log.entries) if ca_log else []
+    revocations += [dict(c, source="CA log: certificate.revoked") for c in credentials
+                    if c["action"] == "certificate.revoked"]
     logs = [srv, *agent_logs, *([kh] if kh else []), *([ca_log] if ca_log else [])]
     for log in logs:
         if log.data["key_source"] != "out of band" and not log.data["key_corroborated_by"]:
@@ -226,4 +225,5 @@ def build_report(server: LogInput, agents: list[LogInput], *, keyholder: LogInpu
         "datasets": sfacts["datasets"], "members": member_rows,
         "receipts": {"checked": len(receipts), "failed": sum(not r.ok for r in receipts), "items": receipt_rows},
         "decryptions": decryptions, "quarantines": sfacts["quarantines"], "revocations": revocations,
+        "credentials": credentials if ca_log else None,
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 Entry = dict[str, Any]
 
-PUBLIC_ROUND_KINDS = ("calibrate", "router")
+CA_ACTIONS = ("ca.created", "certificate.issued", "csr.refused", "certificate.revoked", "crl.signed")
 
 
 def is_member(identity: str) -> bool:
@@ -149,3 +149,15 @@ def decryption_facts(server: list[Entry], keyholder: list[Entry] | None,
         facts["mismatches"].append(f"the key holder logged {len(fused)} fused decryptions, the server "
                                    f"{counts['decrypt.fused']}")
     return facts
+
+
+def ca_facts(entries: list[Entry]) -> list[dict[str, Any]]:
+    """The CA log's credential events: certificates issued (CA key or CSR), CSRs refused, revocations, CRLs."""
+    out = []
+    for e in entries:
+        if e["action"] in CA_ACTIONS:
+            d = _details(e)
+            out.append({"time": e["time"], "action": e["action"], "outcome": e["outcome"],
+                        "identity": d.get("identity"), "serial": d.get("serial"), "reason": d.get("reason"),
+                        "operator": d.get("operator")})
+    return out

@@ -148,8 +148,15 @@ def _events(report: dict[str, Any]) -> str:
          for x in report["quarantines"]]
     r = [[_when(x["time"]), f"<code>{_e(x['identity'])}</code>", _e(x.get("serial")), _e(x["source"])]
          for x in report["revocations"]]
-    return ("<h3>Quarantines</h3>" + _table(["time", "event", "member", "reason"], q)
-            + "<h3>Revocations</h3>" + _table(["time", "identity", "serial", "seen in"], r))
+    out = ("<h3>Quarantines</h3>" + _table(["time", "event", "member", "reason"], q)
+           + "<h3>Revocations</h3>" + _table(["time", "identity", "serial", "seen in"], r))
+    if report.get("credentials") is None:
+        return out + "<p class='muted'>no CA log given: certificates issued and CSRs refused are not listed</p>"
+    c = [[_when(x["time"]), _e(x["action"]), "<span class='bad'>refused</span>" if x["outcome"] != "ok" else "ok",
+          f"<code>{_e(x['identity'])}</code>", _e(x["serial"]), _e(x["reason"]), _e(x["operator"])]
+         for x in report["credentials"]]
+    return out + "<h3>Certificates (the CA's log)</h3>" + _table(
+        ["time", "event", "outcome", "identity", "serial", "reason", "operator"], c)
 
 
 def render_report(report: dict[str, Any]) -> str:
@@ -165,7 +172,7 @@ def render_report(report: dict[str, Any]) -> str:
         + "<h2>Policy and datasets in force</h2>" + _policy(report)
         + "<h2>Members</h2>" + _members(report)
         + "<h2>Decryptions</h2>" + _decryptions(report)
-        + "<h2>Quarantines and revocations</h2>" + _events(report)
+        + "<h2>Quarantines, revocations, certificates</h2>" + _events(report)
         + "<h2>Checkpoint timeline</h2>" + _timeline(report)
         + "</body></html>"
     )

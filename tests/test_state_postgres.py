@@ -217,3 +217,14 @@ def test_the_server_refuses_to_start_on_a_newer_schema_and_says_what_to_do(
     assert main(["server", "serve", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "newer than this software knows" in err and "mor server restore" in err and "Traceback" not in err
+
+
+def test_a_wrong_password_is_one_config_error_that_never_echoes_it(postgres: Postgres) -> None:
+    from sqlalchemy.engine import make_url
+
+    from server.errors import ConfigError
+
+    url = make_url(postgres.new_database()).set(password="hunter2-wrong")
+    with pytest.raises(ConfigError, match="cannot open the database: .*password authentication failed") as caught:
+        StateStore(url.render_as_string(hide_password=False))
+    assert "hunter2" not in str(caught.value)

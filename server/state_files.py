@@ -82,7 +82,10 @@ def engine_options(url: URL) -> dict[str, Any]:
         return {}
     options: dict[str, Any] = {"isolation_level": "READ COMMITTED", "pool_pre_ping": True}
     if url.get_driver_name() in ("psycopg", "psycopg2"):  # libpq drivers take server settings at connect
-        options["connect_args"] = {"options": "-c synchronous_commit=on"}
+        given = url.query.get("options")  # the URL's own ?options=... are kept, ours come last and win
+        given = " ".join(given) if isinstance(given, tuple) else given
+        options["connect_args"] = {"options": f"{given} -c synchronous_commit=on" if given
+                                   else "-c synchronous_commit=on"}
     return options
 
 

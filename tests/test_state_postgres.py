@@ -228,3 +228,12 @@ def test_a_wrong_password_is_one_config_error_that_never_echoes_it(postgres: Pos
     with pytest.raises(ConfigError, match="cannot open the database: .*password authentication failed") as caught:
         StateStore(url.render_as_string(hide_password=False))
     assert "hunter2" not in str(caught.value)
+
+
+def test_url_options_are_kept_but_cannot_turn_synchronous_commit_off(postgres: Postgres) -> None:
+    url = postgres.new_database() + "?options=-c%20statement_timeout%3D12345%20-c%20synchronous_commit%3Doff"
+    store = StateStore(url)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "12345ms"
+        assert conn.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    store.engine.dispose()

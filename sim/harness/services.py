@@ -72,7 +72,8 @@ class InProcessServer:
                                                                    "policy_digest": self.runtime.policy.digest()})
             self.api = ServiceThread(create_app(self.runtime.services), host=section.host, port=section.port,
                                      ssl_context=self.runtime.ssl_context, log_level=log_level,
-                                     name="in-process-server-api", stopping=self.runtime.services.stopping)
+                                     name="in-process-server-api", stopping=self.runtime.services.stopping,
+                                     limits=self.runtime.config.connections)
             self.api.start()
         except BaseException:
             self.runtime.close()

@@ -168,7 +168,9 @@ class TrainerRounds:
     def _sweep(self) -> None:
         """Audit, once each, rounds done for over a deadline that no rank fetched (the rank that asked died)."""
         now = time.monotonic()
-        for key, entry in list(self._entries.items()):
+        with self._changed:  # ranks open rounds from several request threads at once
+            entries = list(self._entries.items())
+        for key, entry in entries:
             if entry.done_at is not None and not entry.claimed and not entry.flagged \
                     and now - entry.done_at > self.deadline_s:
                 entry.flagged = True

@@ -4,9 +4,10 @@ Prepare (once per module, ~10 s): a pilot ``tls-only`` policy and a real server;
 enrol with signed privacy reports and submit signed score vectors for tasks the server's store
 opened, each keeping its own audit log as ``mor client run`` does (``agent.enrolled`` with the
 server's key, ``model.trained`` with its DP noise source, ``receipt.stored`` with the server's
-signed receipt) — bob's noise is a pilot PRNG, one of his vectors is refused (out of range), and
-then his certificate is revoked with ``mor ca revoke`` (the CA's own log) and refused by the
-server. The server is stopped with SIGTERM, so its log is sealed.
+signed receipt; alice "crashes" once before storing one) — bob's noise is a pilot PRNG, one of
+his vectors is refused (out of range), and then his certificate is revoked with ``mor ca revoke``
+(the CA's own log) and refused by the server. The server is stopped with SIGTERM, so its log is
+sealed.
 
 Execute / Assert: the report passes on the untouched logs and says, in the HTML a browser
 renders and in the JSON, what an auditor looks for (flags in red, per member accepted/refused by
@@ -50,16 +51,16 @@ def _member_log(tmp: Path, agent: Agent, server_key_sha256: str, noise: str) -> 
     return log
 
 
-def _answer(agent: Agent, log: AuditLog, db: str, scores: list[float]) -> int:
+def _answer(agent: Agent, log: AuditLog, db: str, scores: list[float], *, store_receipt: bool = True) -> int:
     round_id, task_id = issue_task(db, agent.identity, n_items=len(scores))
     envelope = sign_plain_scores(scores, signing_key=agent.key, sender=agent.identity, round_id=round_id,
                                  task_id=task_id)
     reply = agent.submit(task_id, envelope.to_dict())
-    if reply.status_code == 200:
+    if reply.status_code == 200 and store_receipt:
         receipt = reply.json()
         log.append(actor=agent.identity, action="receipt.stored", round_id=round_id, task_id=task_id,
                    digests={"server_leaf_sha256": receipt["audit_leaf_sha256"]}, details={"receipt": receipt})
-    else:
+    elif reply.status_code != 200:
         log.append(actor=agent.identity, action="submission.refused", outcome="refused", round_id=round_id,
                    task_id=task_id, details={"status": reply.status_code, "code": reply.json()["code"]})
     return reply.status_code
@@ -83,6 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             assert alice.http.get("/v1/no-such-route").status_code == 404
         assert [_answer(alice, logs["alice"], db, s) for s in ([0.1, 0.2], [0.3, -0.4])] == [200, 200]
         assert [_answer(bob, logs["bob"], db, s) for s in ([0.5, 0.6], [0.5, 70.0])] == [200, 422]
+        assert _answer(alice, logs["alice"], db, [0.7, 0.8], store_receipt=False) == 200  # "crashed" before storing
         assert mor(["ca", "revoke", "--dir", str(pki.directory), "--name", "bob"]) == 0  # into the CA's own log
         assert bob.http.get("/v1/status").status_code == 403  # certificate_revoked, in the server's log
         for agent in (alice, bob):
@@ -123,7 +125,9 @@ def test_untouched_logs_pass_and_the_report_says_what_an_auditor_looks_for(world
     assert report["receipts"]["checked"] == 3 and report["receipts"]["failed"] == 0
     members = {m["identity"]: m for m in report["members"]}
     alice, bob = members[world["alice"]], members[world["bob"]]
-    assert (alice["accepted"], alice["rounds_answered"], alice["noise"]) == (2, 2, "production")
+    assert (alice["accepted"], alice["rounds_answered"], alice["unreceipted"]) == (3, 3, 1)
+    assert alice["noise"] == "production"
+    assert any(world["alice"] in f and "no receipt" in f for f in report["flags"])
     assert alice["refused"] == {"server: not_found": 16}
     assert (bob["accepted"], bob["noise"]) == (1, "pilot")
     assert bob["refused"] == {"server: score_out_of_range": 1, "server: certificate_revoked": 1,

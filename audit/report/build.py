@@ -125,6 +125,7 @@ def _judge_members(members: dict[str, dict[str, Any]], agents: list[_Log], polic
         agent = by_identity.get(identity)
         facts = agent.data["facts"] if agent else None
         last = m["enrolments"][-1] if m["enrolments"] else {}
+        accepted_tasks = m.pop("accepted_tasks")
         row = {**m, "epsilon": last.get("epsilon"), "lifetime_epsilon": last.get("lifetime_epsilon"),
                "budget": policy.max_epsilon if policy else None,
                "lifetime_budget": policy.lifetime_epsilon if policy else None, "agent_log": bool(agent)}
@@ -137,7 +138,13 @@ def _judge_members(members: dict[str, dict[str, Any]], agents: list[_Log], polic
             row["noise_sources"] = facts["noise_sources"]
             if pilot:
                 flags.append(f"{identity}: DP noise from a seeded pilot PRNG (insecure_pilot), not a CSPRNG")
+            row["unreceipted"] = len(accepted_tasks - facts["receipted_tasks"])
+            if row["unreceipted"]:
+                flags.append(f"{identity}: the server logged {row['unreceipted']} accepted submission(s) this "
+                             "member's log holds no receipt for (a crash before it stored them, or a claim the "
+                             "member does not bear out)")
         else:
+            row["unreceipted"] = None
             row["noise"], row["noise_sources"] = "unknown (no agent log given)", []
         for what, spent, cap in (("ε", row["epsilon"], row["budget"]),
                                  ("lifetime ε", row["lifetime_epsilon"], row["lifetime_budget"])):

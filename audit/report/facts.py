@@ -65,7 +65,7 @@ def member_facts(entries: list[Entry]) -> dict[str, dict[str, Any]]:
     def member(identity: str) -> dict[str, Any]:
         return members.setdefault(identity, {
             "identity": identity, "enrolments": [], "rounds_asked": set(), "rounds_answered": set(), "accepted": 0,
-            "refused": Counter()})
+            "accepted_tasks": set(), "refused": Counter()})
 
     for e in entries:
         action, d, actor = e["action"], _details(e), e["actor"]
@@ -78,6 +78,7 @@ def member_facts(entries: list[Entry]) -> dict[str, dict[str, Any]]:
                                         "signing_key_sha256": d.get("signing_key_sha256")})
             elif action == "submission.accepted":
                 m["accepted"] += 1
+                m["accepted_tasks"].add(d.get("task_id"))
                 if e.get("round_id"):
                     m["rounds_answered"].add(e["round_id"])
             elif action.startswith("reject."):
@@ -98,7 +99,8 @@ def member_facts(entries: list[Entry]) -> dict[str, dict[str, Any]]:
 def agent_facts(entries: list[Entry]) -> dict[str, Any]:
     """From one agent's own log: DP noise source, ε spent (per training and lifetime), its own refusals."""
     facts: dict[str, Any] = {"noise_sources": [], "insecure_pilot": False, "epsilon": None, "lifetime_epsilon": None,
-                             "lifetime_limit": None, "server_key_sha256": set(), "refused": Counter()}
+                             "lifetime_limit": None, "server_key_sha256": set(), "refused": Counter(),
+                             "receipted_tasks": set()}
     for e in entries:
         action, d = e["action"], _details(e)
         if action == "model.trained":
@@ -115,6 +117,8 @@ def agent_facts(entries: list[Entry]) -> dict[str, Any]:
             digest = (e.get("digests") or {}).get("server_key_sha256")
             if digest:
                 facts["server_key_sha256"].add(digest)
+        elif action == "receipt.stored":
+            facts["receipted_tasks"].add((d.get("receipt") or {}).get("task_id"))
         elif action in ("task.refused", "submission.refused"):
             facts["refused"][f"agent: {action.split('.')[0]} {d.get('code') or d.get('status') or ''}".strip()] += 1
     facts["refused"] = dict(facts["refused"])

@@ -110,8 +110,10 @@ def _members(report: dict[str, Any]) -> str:
             and m["epsilon"] > m["budget"]
         eps = f"{_num(m['epsilon'])} / {_num(m['budget'])}"
         enrolled = "<br>".join(_when(e["time"]) for e in m["enrolments"]) or "<span class='bad'>never</span>"
+        accepted = str(m["accepted"]) + (f"<br><span class='bad'>{m['unreceipted']} without a receipt in its "
+                                         "log</span>" if m.get("unreceipted") else "")
         rows.append([f"<code>{_e(m['identity'])}</code>", enrolled, f"{m['rounds_answered']} / {m['rounds_asked']}",
-                     str(m["accepted"]), refused, f"<span class='bad'>{eps}</span>" if over else eps,
+                     accepted, refused, f"<span class='bad'>{eps}</span>" if over else eps,
                      f"{_num(m['lifetime_epsilon'])} / {_num(m['lifetime_budget'])}", noise,
                      "yes" if m["agent_log"] else "<span class='muted'>no</span>"])
     return _table(["member", "enrolled", "rounds answered / asked", "accepted", "refused, by reason",

@@ -130,9 +130,3 @@ def upgrade_schema(engine: Engine) -> SchemaChange:
             command.upgrade(alembic_config(connection), "head")
     return SchemaChange(before=before, after=head, adopted=adopted)
 
-
-def schema_tables() -> tuple[str, ...]:
-    """The store's tables in dependency order (what backups copy), plus none of Alembic's."""
-    from server.state import metadata
-
-    return tuple(table.name for table in metadata.sorted_tables)

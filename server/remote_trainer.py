@@ -30,8 +30,9 @@ from typing import Any
 import httpx
 import torch
 
+from crypto.errors import CryptoError
 from crypto.tls import client_ssl_context
-from server.errors import TrainingError
+from server.errors import ConfigError, TrainingError
 from server.federated_reward import FederatedReward
 from server.grpo import GRPOResult
 from server.round_transport import POLL_WAIT_S, RemoteRounds
@@ -80,7 +81,10 @@ def train(training_path: str | Path) -> GRPOResult:
     ranks = PartialState(cpu=cpu)
     rank, out = ranks.process_index, config.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    context = client_ssl_context(connection.cert, connection.key, connection.ca, connection.crl)
+    try:
+        context = client_ssl_context(connection.cert, connection.key, connection.ca, connection.crl)
+    except CryptoError as exc:
+        raise ConfigError(f"{training_path}: [trainer]: {exc}") from None
     timeout = httpx.Timeout(60.0, read=POLL_WAIT_S + 60.0)
     with httpx.Client(base_url=connection.server_url, verify=context, timeout=timeout) as http, StopFlag() as flag:
         rounds = RemoteRounds(http)

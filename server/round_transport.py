@@ -37,6 +37,7 @@ from wire.messages import TaskItem
 from wire.trainer import TrainerRound, TrainerRoundRequest, TrainerRun
 
 POLL_WAIT_S = 20.0  # one long-poll; the service caps it at its long_poll_max_s
+RETRIES = 4  # a dropped connection is retried after 1, 2, 4, 8 s
 
 
 @dataclass(frozen=True)
@@ -79,23 +80,38 @@ def _reply(response: httpx.Response, what: str) -> dict[str, Any]:
         data: dict[str, Any] = response.json()
         return data
     try:
-        detail = response.json().get("detail") or response.text
-    except ValueError:
+        body = response.json()
+        detail = f"{body['code']}: {body['message']}"  # wire.messages.ErrorBody
+    except (ValueError, KeyError, TypeError):
         detail = response.text
     raise RewardError(f"{what}: the service answered {response.status_code}: {str(detail)[:300]}")
 
 
 class RemoteRounds:
-    """The service over mutual TLS (``mor server train``): open the round, then long-poll its result."""
+    """The service over mutual TLS (``mor server train``): open the round, then long-poll its result.
+
+    A dropped connection is retried (:data:`RETRIES` times, backing off): both calls are safe to
+    repeat, since opening a key again with the same completions finds the round already open.
+    """
 
     def __init__(self, http: httpx.Client, *, poll_wait_s: float = POLL_WAIT_S,
                  give_up_after_s: float = 3600.0) -> None:
         self.http, self.poll_wait_s, self.give_up_after_s = http, poll_wait_s, give_up_after_s
 
+    def _call(self, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
+        for attempt in range(RETRIES + 1):
+            try:
+                return _reply(self.http.request(method, url, **kwargs), f"{method} {url}")
+            except httpx.TransportError as exc:
+                if attempt == RETRIES:
+                    raise RewardError(f"{method} {url}: cannot reach the service at {self.http.base_url}: "
+                                      f"{type(exc).__name__}: {exc}") from None
+                time.sleep(2.0 ** attempt)
+        raise AssertionError("unreachable")
+
     def run(self, wait_s: float = 0.0) -> TrainerRun:
         """The service's training run (ready once its calibration and router stages are done)."""
-        return TrainerRun.model_validate(_reply(self.http.get("/v1/trainer/run", params={"wait": wait_s}),
-                                                "GET /v1/trainer/run"))
+        return TrainerRun.model_validate(self._call("GET", "/v1/trainer/run", params={"wait": wait_s}))
 
     def wait_ready(self, timeout_s: float) -> TrainerRun:
         """Block until the service is ready for GRPO rounds; RewardError if it failed or ``timeout_s`` passed."""
@@ -113,13 +129,11 @@ class RemoteRounds:
         request = TrainerRoundRequest(run_id=key.run_id, step=key.step, rank=key.rank, prompt_ids=list(prompt_ids),
                                       items=list(items))
         where = f"/v1/trainer/rounds/{key.run_id}/{key.step}/{key.rank}"
-        reply = TrainerRound.model_validate(_reply(self.http.post("/v1/trainer/rounds",
-                                                                  json=request.model_dump(mode="json")),
-                                                   "POST /v1/trainer/rounds"))
+        reply = TrainerRound.model_validate(self._call("POST", "/v1/trainer/rounds",
+                                                       json=request.model_dump(mode="json")))
         deadline = time.monotonic() + self.give_up_after_s
         while reply.status == "open":
             if time.monotonic() >= deadline:
                 raise RewardError(f"round {where}: no result after {self.give_up_after_s:.0f} s")
-            reply = TrainerRound.model_validate(_reply(self.http.get(where, params={"wait": self.poll_wait_s}),
-                                                       f"GET {where}"))
+            reply = TrainerRound.model_validate(self._call("GET", where, params={"wait": self.poll_wait_s}))
         return round_result(reply)

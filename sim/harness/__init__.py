@@ -5,6 +5,8 @@
 :mod:`.configs`          server and key-holder TOML configs (one writer for every run)
 :mod:`.processes`        ``mor`` subprocesses with logs: start, probe (mTLS 200 or TCP), stop
 :mod:`.services`         server / key holder as processes, or the server in this process
+:mod:`.netns`            several hosts on one machine: a network namespace per party, one bridge,
+                         a link cut and restored (root and iproute2; imported on its own)
 =======================  ==================================================================
 
 What a run adds on top is its own: the demo provisions members with private data and

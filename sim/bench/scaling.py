@@ -25,6 +25,7 @@ from tqdm import tqdm
 from corpus.types import Prompt
 from server.rounds import RoundCoordinator, RoundPolicy
 from server.router import UniformRouter
+from server.state import StateStore
 from sim.bench.fleet import agent_names, bench_pki, start_agents, start_server
 from sim.bench.stats import Figure, SectionResult, paired
 from sim.errors import BenchMeasurementError
@@ -39,6 +40,19 @@ def _prompt() -> Prompt:
     from PIL import Image
 
     return Prompt("bench-p0", Image.new("RGB", (64, 64), (90, 30, 30)), "what colour is it?", "general", None)
+
+
+def _wait_live(state: StateStore, identities: list[str], timeout_s: float = 120.0) -> None:
+    """Until every agent of the level has polled since it was made not-live (a fixed 0.5 s sleep was not
+    enough for 64 agent processes on a loaded machine: the coordinator then asked fewer and the round
+    was skipped)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        seen = {a["identity"] for a in state.list_agents() if a["last_seen"]}
+        if seen >= set(identities):
+            return
+        time.sleep(0.05)
+    raise BenchMeasurementError(f"{len(set(identities) - seen)} agents did not poll within {timeout_s:.0f} s")
 
 
 def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
@@ -65,7 +79,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                                 state.touch_agent(agent.identity, 0.0)
                             for agent in active:
                                 agent.send({"cmd": "work", "max_s": 300})
-                            time.sleep(0.5)  # every active agent has polled once: live again
+                            _wait_live(state, [a.identity for a in active])
                             coordinator = RoundCoordinator(
                                 state=state, audit=server.audit, privacy=server.services.privacy,
                                 router=UniformRouter([a.identity for a in active]),

@@ -83,15 +83,15 @@ def _entries(audit_dir: Path) -> list[dict[str, Any]]:
 def test_member_link_cut_mid_round_completes_at_quorum_and_member_resumes(tmp_path: Path, network: Network) -> None:
     started = time.monotonic()
     site = HostedConsortium.build(tmp_path, network, deadline_s=DEADLINE_S)
-    site.train_agents()  # with the product's [network] defaults
     carol = site.identity(CUT)
     kh_config, server_config = site.keyholder_config(), site.server_config()
-    training = site.training_config(build_small_vlm(tmp_path / "policy-model", seed=0), quorum=2,
-                                    deadline_s=DEADLINE_S, max_steps=60)
     try:
         keyholder = site.start(KEYHOLDER, ["keyholder", "serve", "--config", str(kh_config)])
+        training = site.training_config(build_small_vlm(tmp_path / "policy-model", seed=0), quorum=2,
+                                        deadline_s=DEADLINE_S, max_steps=60)
         network.wait_listening(KEYHOLDER, KEYHOLDER_PORT, alive=keyholder)
         server = site.start(SERVER, ["server", "run", "--config", str(server_config), "--training", str(training)])
+        site.train_agents()  # while the server starts; with the product's [network] defaults
         for name, _, _ in MEMBERS:
             site.start_agent(name)
         everyone = {site.identity(n) for n, _, _ in MEMBERS}

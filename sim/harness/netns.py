@@ -66,7 +66,7 @@ def unavailable_reason() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (ip netns add)"
     if shutil.which("ip") is None:
-        return "iproute2's ip command is not installed"
+        return "iproute2's ip command is not on PATH"
     probe = f"mor-probe-{uuid.uuid4().hex[:8]}"
     try:
         _ip("netns", "add", probe)

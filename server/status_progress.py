@@ -120,7 +120,7 @@ def read_training_progress(entries: Path) -> TrainingProgressView | None:
         action = entry.get("action")
         if action == "grpo.step" and last_step is None:
             last_step = entry
-        elif action in _TRAINING_ENDS and last_step is None and state == "running":
+        elif action in _TRAINING_ENDS and last_step is None:  # how it ended outranks a later restart
             state = _TRAINING_ENDS[action]
         elif action == "server.started" and state == "running":
             state = "interrupted (the server restarted since)"

@@ -34,6 +34,7 @@ def register(actions: Any) -> None:
                                          "against it, and its digest must be the one in force")
     report.add_argument("--server-key", help="the server log's public key (PEM), obtained out of band")
     report.add_argument("--keyholder-key", help="the key holder log's public key (PEM), obtained out of band")
+    report.add_argument("--ca-key", help="the CA log's public key (PEM), obtained out of band")
     report.add_argument("--agent-key", action="append", default=[], metavar="PEM",
                         help="an agent log's public key obtained out of band (repeatable; matched to logs by key)")
     report.add_argument("--out", required=True, help="directory for report.html and report.json")
@@ -99,7 +100,7 @@ def report(args: argparse.Namespace) -> int:
             _agent_inputs(args.agent_log, args.agent_key),
             keyholder=LogInput("keyholder", Path(args.keyholder_log), _key(args.keyholder_key))
             if args.keyholder_log else None,
-            ca=LogInput("ca", Path(args.ca_log)) if args.ca_log else None,
+            ca=LogInput("ca", Path(args.ca_log), _key(args.ca_key)) if args.ca_log else None,
             policy=_policy(args.policy), now=time.time())
     except AuditError as exc:
         raise CommandError(str(exc)) from None

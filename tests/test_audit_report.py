@@ -33,6 +33,7 @@ from helpers.procs import free_port, start_server, write_server_config
 
 from audit import AuditLog
 from crypto.envelope import sign_plain_scores
+from crypto.signing import SigningKey
 from mor_cli.main import main as mor
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,16 +95,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         assert server.wait(30) == 0, server.log_text()
     key_file = tmp / "server-log-key.pem"  # as the operator hands it to the auditor, out of band
     key_file.write_bytes(log_key(config).pem())
+    ca_key = tmp / "ca-log-key.pem"
+    ca_key.write_bytes(SigningKey.load(pki.directory / "ca" / "audit-key.pem").verify_key().pem())
     return {"tmp": tmp, "server_log": Path(server_data(config)["audit_dir"]), "policy": policy,
             "server_key": key_file, "agents": [tmp / "alice-audit", tmp / "bob-audit"],
-            "ca_log": pki.directory / "audit", "alice": alice.identity, "bob": bob.identity}
+            "ca_log": pki.directory / "audit", "ca_key": ca_key, "alice": alice.identity, "bob": bob.identity}
 
 
 def _report(world: dict[str, Any], out: Path, *, server_log: Path | None = None,
             agents: list[Path] | None = None, policy: Path | None = None) -> tuple[int, dict[str, Any], str]:
     args = ["audit", "report", "--server-log", str(server_log or world["server_log"]), "--server-key",
             str(world["server_key"]), "--policy", str(policy or world["policy"]), "--ca-log", str(world["ca_log"]),
-            "--out", str(out)]
+            "--ca-key", str(world["ca_key"]), "--out", str(out)]
     for directory in agents or world["agents"]:
         args += ["--agent-log", str(directory)]
     code = mor(args)
@@ -138,6 +141,7 @@ def test_untouched_logs_pass_and_the_report_says_what_an_auditor_looks_for(world
     assert (alice["epsilon"], alice["budget"]) == (3.0, 8.0)
     assert any("pilot = true" in f for f in report["flags"]) and any(world["bob"] in f for f in report["flags"])
     assert report["policy"]["in_force"][0]["privacy_mode"] == "tls-only"
+    assert not any("verified only with the key stored in the log" in f for f in report["flags"])  # all keys known
     server_log = next(log for log in report["logs"] if log["party"] == "server")
     assert server_log["key_source"] == "out of band" and len(server_log["key_corroborated_by"]) == 2
     assert not any(marker in page for marker in ("src=", "href=", "<script", "<link", "url("))  # self-contained

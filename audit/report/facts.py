@@ -51,7 +51,8 @@ def server_facts(entries: list[Entry]) -> dict[str, Any]:
             quarantines.append({"time": e["time"], "action": action, "agent": d.get("agent"),
                                 "reason": d.get("reason"), "until": d.get("until")})
         elif action == "reject.certificate_revoked":
-            revocations.append({"time": e["time"], "identity": e["actor"], "source": "server: connection refused"})
+            revocations.append({"time": e["time"], "identity": e["actor"],
+                                "source": "server: request refused (certificate_revoked)"})
         elif action == "round.opened" and isinstance(d.get("round_id"), str):
             round_kinds[d["round_id"]] = str(d.get("kind"))
     return {"policies": policies, "datasets": datasets, "insecure": insecure, "quarantines": quarantines,

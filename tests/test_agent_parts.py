@@ -221,7 +221,7 @@ def test_an_unanswered_long_poll_is_given_up_after_its_wait_not_the_read_timeout
     async def black_hole(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             polls.append(scope["query_string"].decode())
-            await asyncio.sleep(4)  # the answer is lost on the way (then the handler ends, unanswered)
+            await asyncio.sleep(2.5)  # outlives the client's 1 s read timeout: the answer never comes
 
     context = server_ssl_context(pki.server.cert, pki.server.key, pki.ca_cert, pki.crl)
     with _serve(black_hole, context) as url:

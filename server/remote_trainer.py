@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from server.trainer import train_policy
 from server.trainer_rounds import prompt_set_sha256
 from server.training_config import load_trainer_connection, load_training_config
 from server.training_data import load_prompts
+from wire.trainer import TrainerStep
 
 log = logging.getLogger("mor.trainer")
 
@@ -54,6 +56,21 @@ def _agreed_stop(flag: StopFlag) -> Any:
         return reasons[0] if reasons else None
 
     return stop
+
+
+def _reporter(rounds: RemoteRounds, run_id: str) -> Any:
+    """The main rank's step records, sent to the service's audit log (what its status page shows)."""
+
+    def finite(value: Any) -> float | None:
+        return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+    def report(record: dict[str, Any]) -> None:
+        rounds.report(TrainerStep(run_id=run_id, step=int(record["step"]), reward=finite(record.get("reward")),
+                                  reward_std=finite(record.get("reward_std")), kl=finite(record.get("kl")),
+                                  agents_answered=finite(record.get("agents_answered")),
+                                  round_skipped=finite(record.get("round_skipped"))))
+
+    return report
 
 
 def compare_ranks(directory: Path, world_size: int) -> dict[str, Any]:
@@ -99,7 +116,12 @@ def train(training_path: str | Path) -> GRPOResult:
         reward = FederatedReward(rounds, prompts, step_log=out / f"rounds-rank{rank}.jsonl", run_id=connection.run_id,
                                  rank=rank)
         metrics = out / ("metrics.jsonl" if ranks.is_main_process else f"metrics-rank{rank}.jsonl")
-        result, _ = train_policy(config, prompts, reward, _agreed_stop(flag), metrics=metrics)
+        on_step = _reporter(rounds, connection.run_id) if ranks.is_main_process else None
+        result, _ = train_policy(config, prompts, reward, _agreed_stop(flag), metrics=metrics, on_step=on_step)
+        if ranks.is_main_process:
+            rounds.report(TrainerStep(run_id=connection.run_id, step=result.global_step,
+                                      event="stopped" if result.stopped_reason else "finished",
+                                      reason=result.stopped_reason, adapter=str(result.adapter_path)))
     if result.final_lora:
         (out / "ranks").mkdir(exist_ok=True)
         tensors = {k: v.contiguous() for k, v in result.final_lora.items()}

@@ -34,7 +34,7 @@ from corpus.types import Prompt
 from server.errors import RewardError
 from server.rounds import RoundCoordinator, RoundResult
 from wire.messages import TaskItem
-from wire.trainer import TrainerRound, TrainerRoundRequest, TrainerRun
+from wire.trainer import TrainerRound, TrainerRoundRequest, TrainerRun, TrainerStep
 
 POLL_WAIT_S = 20.0  # one long-poll; the service caps it at its long_poll_max_s
 RETRIES = 4  # a dropped connection is retried after 1, 2, 4, 8 s
@@ -124,6 +124,10 @@ class RemoteRounds:
                 raise RewardError(f"the service's training run failed: {run.error}")
             if time.monotonic() >= deadline:
                 raise RewardError(f"the service was not ready within {timeout_s:.0f} s (stage: {run.stage})")
+
+    def report(self, record: TrainerStep) -> None:
+        """Have the service audit the main rank's progress (``grpo.step``, ``training.finished|stopped``)."""
+        self._call("POST", "/v1/trainer/steps", json=record.model_dump(mode="json"))
 
     def score(self, key: RoundKey, prompt_ids: Sequence[str], items: Sequence[TaskItem]) -> RoundResult:
         request = TrainerRoundRequest(run_id=key.run_id, step=key.step, rank=key.rank, prompt_ids=list(prompt_ids),

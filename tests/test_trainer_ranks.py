@@ -151,6 +151,8 @@ def test_two_ddp_ranks_train_against_the_service_and_stay_identical(policy_dir: 
     assert server_actions["trainer.round.requested"] == 6 and server_actions["round.fused"] == 6
     assert server_actions["trainer.round.replayed"] == 0
     assert server_actions["round.collected"] == 1  # the service's own calibration round, once
+    trainer = actions(report, "mor://testnet/trainer/trainer-1")  # the main rank's progress, for the status page
+    assert (trainer["grpo.step"], trainer["training.finished"]) == (3, 2), trainer
 
 
 def _launch(training: Path, log: Path, server: Any) -> None:

@@ -5,6 +5,7 @@ Only a certificate of role ``trainer`` may call these (members and auditors get 
     GET  /v1/trainer/run?wait=S                 -> TrainerRun   (is the service ready for GRPO rounds?)
     POST /v1/trainer/rounds                     TrainerRoundRequest -> TrainerRound (202: open, 200: done)
     GET  /v1/trainer/rounds/{run}/{step}/{rank}?wait=S -> TrainerRound (200 once done, 202 while open)
+    POST /v1/trainer/steps                      TrainerStep -> Ack   (the main rank's progress, audited)
 
 A round is keyed by ``(run_id, step, rank)``: each rank asks for its own completions of one
 step, so ranks never wait on each other and members never score a completion twice. The
@@ -62,3 +63,22 @@ class TrainerRound(WireModel):
     weights: dict[str, float] = Field(default_factory=dict)
     refused: dict[str, str] = Field(default_factory=dict)
     replayed: bool = Field(default=False, description="answered from a round already fused for this key")
+
+
+class TrainerStep(WireModel):
+    """The main rank's record of one finished step (or of the run's end), audited by the service.
+
+    Why: the service's audit log and status page show GRPO progress (``grpo.step``,
+    ``training.finished`` / ``training.stopped``) whether the trainer runs in its process or apart.
+    """
+
+    run_id: str = Field(pattern=RUN_ID_PATTERN)
+    event: Literal["step", "finished", "stopped"] = "step"
+    step: int = Field(ge=0)
+    reward: float | None = None
+    reward_std: float | None = None
+    kl: float | None = None
+    agents_answered: float | None = None
+    round_skipped: float | None = None
+    reason: str | None = Field(default=None, max_length=500)
+    adapter: str | None = Field(default=None, max_length=1000)

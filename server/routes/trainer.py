@@ -19,7 +19,8 @@ from server.rejections import Rejection
 from server.round_transport import RoundKey
 from server.routes.common import services_of, trainer_caller
 from server.trainer_rounds import TrainerRounds
-from wire.trainer import RUN_ID_PATTERN, TrainerRound, TrainerRoundRequest, TrainerRun
+from wire.messages import Ack
+from wire.trainer import RUN_ID_PATTERN, TrainerRound, TrainerRoundRequest, TrainerRun, TrainerStep
 
 router = APIRouter(prefix="/v1/trainer", tags=["trainer"])
 Trainer = Annotated[Caller, Depends(trainer_caller)]
@@ -67,3 +68,15 @@ async def round_result(request: Request, response: Response, caller: Trainer,
     state = await run_in_threadpool(rounds.result, RoundKey(run_id, step, rank), _wait(request, wait))
     response.status_code = 202 if state.status == "open" else 200
     return state
+
+
+STEP_ACTIONS = {"step": "grpo.step", "finished": "training.finished", "stopped": "training.stopped"}
+
+
+@router.post("/steps", response_model=Ack, summary="Record the main rank's progress in the service's audit log")
+async def record_step(body: TrainerStep, request: Request, caller: Trainer) -> Ack:
+    _rounds(request)  # a service that runs no training records no progress either
+    details = body.model_dump(exclude={"event"}, exclude_none=True)
+    entry = await run_in_threadpool(services_of(request).audit.record, caller.identity, STEP_ACTIONS[body.event],
+                                    details)
+    return Ack(audit_index=entry.index)

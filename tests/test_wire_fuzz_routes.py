@@ -43,6 +43,7 @@ from server.config import load_server_config
 from server.keyholder.app import create_keyholder_app
 from server.keyholder.config import load_keyholder_config
 from server.services import AuditRecord
+from server.trainer_rounds import TrainerRounds
 from server.wiring import open_keyholder, open_server
 from sim.harness import write_toml
 from wire.messages import ErrorBody, TaskItem, TaskPayload
@@ -122,6 +123,7 @@ def server(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
     audit = RecordingAudit(runtime.services.audit)
     services = dataclasses.replace(runtime.services, audit=audit, long_poll_max_s=0.05)
     app = create_app(services)
+    app.state.trainer_rounds = TrainerRounds(audit=audit, deadline_s=1.0)  # never ready: no round runs mid-fuzz
     alice, key = _der_agent(pki, "alice")
     peer = Peer(app, alice)
     client = TestClient(peer, raise_server_exceptions=False)
@@ -144,7 +146,10 @@ def server(pki: TestPKI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
     pool = submissions[:-1]
     valid: dict[str, list[dict[str, Any]]] = {
         "/v1/enrol": [enrol], "/v1/submissions": pool, "/v1/calibration": [{"mean": 0.1, "std": 1.5, "n": 8}],
-        "/v1/tasks/{task_id}/decline": [{"code": "local_policy", "reason": "not my domain"}]}
+        "/v1/tasks/{task_id}/decline": [{"code": "local_policy", "reason": "not my domain"}],
+        "/v1/trainer/rounds": [{"run_id": "r1", "step": 0, "rank": 0, "prompt_ids": ["p0"],
+                                "items": [{"prompt_index": 0, "response": "a"}]}],
+        "/v1/trainer/steps": [{"run_id": "r1", "step": 1, "reward": 0.5, "kl": 0.01, "reason": "x"}]}
     yield Target(client, peer, audit, app.openapi(), valid,
                  path_values={"task_id": st.sampled_from([s["task_id"] for s in pool]) | st.text(max_size=20)},
                  envelopes={s["task_id"]: s["envelope"] for s in submissions})
@@ -203,10 +208,14 @@ def _fuzz_every_route(target: Target, callers: list[Party | None]) -> list[str]:
 
 def test_every_server_route_answers_hostile_input_with_an_audited_4xx(server: Target, pki: TestPKI) -> None:
     alice, audrey = server.peer.party, pki.issue("audrey", "auditor")  # the auditor reaches the range parsing
-    fuzzed = _fuzz_every_route(server, [alice, alice, alice, pki.issue("carol"), pki.server, audrey, audrey, None])
+    trainer = pki.issue("tessa", "trainer")  # the trainer reaches the rounds' and steps' own checks
+    fuzzed = _fuzz_every_route(server, [alice, alice, alice, pki.issue("carol"), pki.server, audrey, audrey, trainer,
+                                        trainer, None])
     assert {"POST /v1/enrol", "POST /v1/submissions", "POST /v1/calibration", "GET /v1/tasks/next",
             "POST /v1/tasks/{task_id}/decline", "GET /v1/audit/proof/{index}", "GET /v1/audit/entries",
-            "GET /v1/audit/checkpoints", "GET /v1/audit/consistency", "GET /v1/privacy-reports"} <= set(fuzzed)
+            "GET /v1/audit/checkpoints", "GET /v1/audit/consistency", "GET /v1/privacy-reports",
+            "POST /v1/trainer/rounds", "GET /v1/trainer/rounds/{run_id}/{step}/{rank}", "POST /v1/trainer/steps",
+            "GET /v1/trainer/run"} <= set(fuzzed)
 
 
 def test_every_key_holder_route_answers_hostile_input_with_an_audited_4xx(keyholder: Target, pki: TestPKI) -> None:

@@ -9,7 +9,9 @@ CKKS envelopes and the coordinator that verifies, decrypts and fuses them
   asked twice); with other completions it is a new round, audited as replaced;
 * a rank that dies mid-step leaves nothing open: its round closes at the deadline whatever
   happens, and the service audits it as unclaimed;
-* bad requests get a precise 4xx, never a 5xx.
+* bad requests get a precise 4xx, never a 5xx;
+* ``mor server serve --training`` runs the stages itself and then opens the run to the ranks (or
+  tells them why it could not).
 """
 
 from __future__ import annotations
@@ -20,12 +22,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers.pki import make_pki
 
 from corpus.prompts import build_prompts
+from crypto.signing import SigningKey
+from server.admission import AdmissionControl, RateLimiter, RevocationList
 from server.rejections import Rejection
 from server.round_transport import RoundKey
 from server.router import make_router
-from server.trainer_rounds import TrainerRounds
+from server.services import ServicePolicy, Services
+from server.trainer import TrainingSection
+from server.trainer_rounds import TrainerRounds, prepare_in_background, prompt_set_sha256
+from server.training_data import load_prompts
 from sim.bench.grpo_step import AGENTS, features
 from sim.bench.scorers import SCORERS
 from sim.bench.thread_agents import ThreadAgents
@@ -124,4 +132,43 @@ def test_refusals_are_precise(world: ThreadAgents) -> None:
     with pytest.raises(Rejection) as never:
         rounds.result(RoundKey("r1", 9, 0), wait_s=0)
     assert (never.value.status, never.value.code) == (404, "unknown_round")
+    rounds.close()
+
+
+def _services(world: ThreadAgents, tmp_path: Path) -> Services:
+    pki = make_pki(tmp_path / "pki")
+    policy = ServicePolicy(consortium="bench", digest="d" * 64, privacy_mode="ckks", max_epsilon=8.0,
+                           max_delta=1e-5, max_body_bytes=2_000_000, max_items=4096, requests_per_s=100, burst=100,
+                           score_min=-100, score_max=100, out_of_range="refuse", allowed_identities=None)
+    return Services(policy=policy, state=world.state, audit=world.audit, signing_key=SigningKey.generate(),
+                    admission=AdmissionControl(consortium="bench", revocations=RevocationList(pki.crl, pki.ca_cert),
+                                               rate_limiter=RateLimiter(100, 100)), privacy=world.privacy)
+
+
+def _stages(tmp_path: Path, quorum: int) -> TrainingSection:
+    return TrainingSection(model_path=tmp_path / "unused", output_dir=tmp_path / "out", quorum=quorum,
+                           deadline_s=20, enrol_timeout_s=0.5, router="uniform", n_calibration=4, n_prompts=3)
+
+
+def test_the_service_prepares_the_run_then_opens_it_to_the_ranks(world: ThreadAgents, tmp_path: Path) -> None:
+    world.start()
+    rounds = TrainerRounds(audit=world.audit, deadline_s=20)
+    config = _stages(tmp_path, quorum=3)
+    prepare_in_background(_services(world, tmp_path), config, rounds, stop=lambda: None).join(60)
+    run = rounds.run()
+    assert run.ready and run.stage == "ready" and run.error is None and run.n_prompts == 3
+    prompts, _ = load_prompts(config.data, n=config.n_prompts, seed=config.seed)
+    assert run.prompts_sha256 == prompt_set_sha256(prompts)  # what every rank checks before its first round
+    assert world.state.round_counts()["collected"] == 1  # the service's calibration round
+    assert len(_audit(world, "trainer.rounds.ready")) == 1
+    rounds.close()
+
+
+def test_a_stage_that_fails_is_audited_and_told_to_the_ranks(world: ThreadAgents, tmp_path: Path) -> None:
+    rounds = TrainerRounds(audit=world.audit, deadline_s=20)
+    prepare_in_background(_services(world, tmp_path), _stages(tmp_path, quorum=4), rounds, stop=lambda: None).join(30)
+    run = rounds.run()
+    assert not run.ready and run.stage == "failed" and "quorum is 4" in str(run.error)
+    [failed] = _audit(world, "training.failed")
+    assert "quorum is 4" in str(failed["error"])
     rounds.close()

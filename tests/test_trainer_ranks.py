@@ -12,6 +12,7 @@ actually moved.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
@@ -118,6 +119,10 @@ def test_two_ddp_ranks_train_against_the_service_and_stay_identical(policy_dir: 
         write_toml(training, {**tomllib.loads(training.read_text("utf-8")),
                               "training": {**tomllib.loads(training.read_text("utf-8"))["training"], "max_steps": 3}})
         _launch(training, tmp_path / "trainer-restart.log", server)
+        # SIGTERM to the launcher mid-run: the ranks agree on one step boundary, the main rank checkpoints it
+        write_toml(training, {**tomllib.loads(training.read_text("utf-8")),
+                              "training": {**tomllib.loads(training.read_text("utf-8"))["training"], "max_steps": 40}})
+        stopped_at = _launch_and_stop(training, tmp_path / "trainer-stopped.log", server, out, after_step=4)
     finally:
         for member in members:
             member.stop.set()
@@ -137,31 +142,58 @@ def test_two_ddp_ranks_train_against_the_service_and_stay_identical(policy_dir: 
     # one fused round per rank per step, each rank asking about its own completions only; the restart asked
     # for step 2 alone
     logs = {r: [json.loads(x) for x in (out / f"rounds-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)}
+    steps = stopped_at  # 2 + 1 + the steps until the stop, each asked once per rank
     for rank in (0, 1):
-        assert [(x["step"], x["rank"], x["status"]) for x in logs[rank]] == [(s, rank, "fused") for s in (0, 1, 2)]
-    assert len({x["round_id"] for r in (0, 1) for x in logs[r]}) == 6
+        assert [(x["step"], x["rank"], x["status"]) for x in logs[rank]] == [(s, rank, "fused") for s in range(steps)]
+    assert len({x["round_id"] for r in (0, 1) for x in logs[r]}) == 2 * steps
     assert first_seen == [2 * 2 * 2] * 3  # 2 steps x 2 ranks x 2 completions
     for member in members:
         assert max(member.items_seen.values()) == 1  # no completion was put to a member twice
-        assert sum(member.items_seen.values()) == 3 * 2 * 2
+        assert sum(member.items_seen.values()) == steps * 2 * 2
 
     report = audit_report(config)
     assert report.ok, report.first_problem
     server_actions = actions(report)
-    assert server_actions["trainer.round.requested"] == 6 and server_actions["round.fused"] == 6
+    assert server_actions["trainer.round.requested"] == 2 * steps and server_actions["round.fused"] == 2 * steps
     assert server_actions["trainer.round.replayed"] == 0
     assert server_actions["round.collected"] == 1  # the service's own calibration round, once
     trainer = actions(report, "mor://testnet/trainer/trainer-1")  # the main rank's progress, for the status page
-    assert (trainer["grpo.step"], trainer["training.finished"]) == (3, 2), trainer
+    assert (trainer["grpo.step"], trainer["training.finished"], trainer["training.stopped"]) == (steps, 2, 1), trainer
+    assert (out / "grpo" / f"checkpoint-{steps}" / "adapter_model.safetensors").is_file()  # what a restart resumes
+
+
+def _launch_and_stop(training: Path, log: Path, server: Any, out: Path, *, after_step: int) -> int:
+    """Launch, SIGTERM the launcher once rank 0 has a round of ``after_step``; the step both ranks stopped at."""
+    ranks = start_process("trainer", _command(training), log=log, cwd=REPO_ROOT,
+                          env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    try:
+        deadline = time.monotonic() + 240
+        while not any(json.loads(x)["step"] >= after_step
+                      for x in (out / "rounds-rank0.jsonl").read_text().splitlines()):
+            assert ranks.alive() and time.monotonic() < deadline, ranks.log_tail(6000)
+            time.sleep(0.2)
+        ranks.proc.send_signal(signal.SIGTERM)
+        ranks.proc.wait(timeout=120)
+    finally:
+        ranks.stop()
+    verdict = json.loads((out / "ranks.json").read_text())
+    assert verdict["identical"] is True, verdict
+    ends = [json.loads(x)["step"] for x in (out / "rounds-rank1.jsonl").read_text().splitlines()]
+    stopped = max(ends) + 1
+    assert after_step < stopped < 40, (stopped, ranks.log_tail(3000) + server.log_tail(2000))
+    return stopped
+
+
+def _command(training: Path) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(REPO_ROOT / "deploy" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+            "--main_process_port", str(free_port()), "-m", "mor_cli.main", "server", "train",
+            "--config", str(training)]
 
 
 def _launch(training: Path, log: Path, server: Any) -> None:
     """The shipped DDP config on 2 CPU processes (torchrun under Accelerate, gloo instead of NCCL)."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO_ROOT / "deploy" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
-              "--main_process_port", str(free_port()), "-m", "mor_cli.main", "server", "train",
-              "--config", str(training)]
-    ranks = start_process("trainer", launch, log=log, cwd=REPO_ROOT,
+    ranks = start_process("trainer", _command(training), log=log, cwd=REPO_ROOT,
                           env={"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     try:
         code = ranks.proc.wait(timeout=240)

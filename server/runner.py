@@ -230,7 +230,8 @@ def _trainer_rounds(services: Services, app: Any, training: Any) -> Any:
     from server.trainer_rounds import TrainerRounds
 
     abandon_open_rounds(services, "the server restarted: a round of the previous process cannot be fused")
-    app.state.trainer_rounds = TrainerRounds(audit=services.audit, deadline_s=training.deadline_s)
+    app.state.trainer_rounds = TrainerRounds(audit=services.audit, deadline_s=training.deadline_s,
+                                             max_items=services.policy.max_items)
     return app.state.trainer_rounds
 
 

@@ -75,8 +75,8 @@ class _Entry:
 class TrainerRounds:
     """Readiness of the service's run, and the rounds its trainer ranks open (see the module docstring)."""
 
-    def __init__(self, *, audit: AuditTrail, deadline_s: float, actor: str = "server") -> None:
-        self.audit, self.deadline_s, self.actor = audit, deadline_s, actor
+    def __init__(self, *, audit: AuditTrail, deadline_s: float, actor: str = "server", max_items: int = 4096) -> None:
+        self.audit, self.deadline_s, self.actor, self.max_items = audit, deadline_s, actor, max_items
         self.stage = "waiting for agents"
         self.error: str | None = None
         self.coordinator: RoundCoordinator | None = None
@@ -120,6 +120,9 @@ class TrainerRounds:
         unknown = sorted({pid for pid in request.prompt_ids if pid not in self.prompts})
         if unknown:
             raise Rejection(422, "unknown_prompt", f"prompt ids {unknown[:3]} are not in the service's prompt set")
+        if len(request.items) > self.max_items:  # members would refuse the vector: refuse the round instead
+            raise Rejection(422, "too_many_items", f"items: {len(request.items)} completions, the policy's score "
+                                                   f"vectors hold at most {self.max_items}")
         bad = [k for k, item in enumerate(request.items) if item.prompt_index >= len(request.prompt_ids)]
         if bad:
             raise Rejection(422, "validation_error", f"items[{bad[0]}].prompt_index: only "

@@ -129,6 +129,13 @@ def test_refusals_are_precise(world: ThreadAgents) -> None:
     with pytest.raises(Rejection) as bad_index:
         rounds.open(TRAINER, out_of_range)
     assert bad_index.value.status == 422
+    small = TrainerRounds(audit=world.audit, deadline_s=1, max_items=1)
+    assert rounds.coordinator is not None
+    small.set_ready(rounds.coordinator, PROMPTS)
+    with pytest.raises(Rejection) as too_many:
+        small.open(TRAINER, _request(step=0, rank=0))
+    assert (too_many.value.status, too_many.value.code) == (422, "too_many_items")
+    small.close()
     with pytest.raises(Rejection) as never:
         rounds.result(RoundKey("r1", 9, 0), wait_s=0)
     assert (never.value.status, never.value.code) == (404, "unknown_round")

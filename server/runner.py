@@ -1,5 +1,8 @@
 """Running the parties: ``mor server serve``, ``mor server run``, ``mor keyholder serve``.
 
+``mor server serve --training`` runs the training stages in a thread and then serves the rounds
+of remote trainer ranks (:mod:`server.trainer_rounds`; the ranks are :mod:`server.remote_trainer`).
+
 Process model of ``mor server run`` — one process, one :class:`audit.AuditLog`, one StateStore:
 
 * The HTTP API (uvicorn) runs in a daemon thread and the training run in the main thread.

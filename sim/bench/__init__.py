@@ -8,7 +8,8 @@ Sections (issue #6), each a module with ``run(*, repeats, smoke, seed) -> Sectio
 3     :mod:`sim.bench.dp_step`    Opacus step time / peak memory vs the non-private step
 4     :mod:`sim.bench.ingest`     server ingest under 8/32/64 concurrent agent processes
 5     :mod:`sim.bench.scaling`    round latency for 2..64 agents
-6     :mod:`sim.bench.grpo_step`  GRPO step with the federated reward vs an in-process reward
+6     :mod:`sim.bench.grpo_step`  GRPO step with the federated reward vs an in-process reward,
+                                  and with the trainer apart from the service (:mod:`sim.bench.grpo_split`)
 ====  ==========================  =============================================================
 
 Every section is bounded in time, loopback-only, and stops by itself; ``smoke=True`` is the

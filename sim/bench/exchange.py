@@ -49,6 +49,7 @@ MODES: tuple[Mode, ...] = ("ckks", "tls-only", "fused-only")
 SMOKE_MODES: tuple[Mode, ...] = ("fused-only",)  # the longest path (key holder, CKKS) in the suite budget
 GROUP = 4
 OLD_POLL_S = 0.1  # the coordinator's poll before the fix (RoundPolicy default until bench section 6)
+# since issue 14 §6 the coordinator is woken by the service's commits; this is only its fallback store re-read
 NEW_POLL_S = RoundPolicy(quorum=1, deadline_s=1.0).poll_interval_s
 SCORE_TOLERANCE = 1e-4  # same weights, same inputs: only float reassociation across processes
 FUSED_TOLERANCE = 1e-3  # CKKS noise + the key owner's 1e-4 release rounding
@@ -286,7 +287,7 @@ def _result(samples: dict[str, list[dict[str, float]]], checks: dict[str, Any], 
     notes = [f"{n} responses ({n_prompts} prompts x {GROUP}) per round, {repeats} paired repeat(s); freshly "
              "initialised frozen-mlp / tiny-vlt / lora-minilm; stage ratios are shares of the federated round; "
              "router prompt embeddings computed once per repeat outside both rounds (extra.prompt_embedding_s); "
-             f"coordinator poll {NEW_POLL_S}s, server long-poll check 0.05s"]
+             f"coordinator and long-polls woken by events (store re-read every {NEW_POLL_S}s as a fallback)"]
     failed = [name for name, c in checks.items() if not c.get("equal", True)]
     if failed:
         notes.append(f"SCORE EQUALITY CHECK FAILED for {failed}")

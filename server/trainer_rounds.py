@@ -205,6 +205,23 @@ def _key(key: RoundKey) -> dict[str, object]:
     return {"run_id": key.run_id, "step": key.step, "rank": key.rank}
 
 
+def _stoppable(stop: Callable[[], str | None]) -> Callable[[float], None]:
+    """The coordinator's sleep in the service: ShutdownRequested once the process is stopping.
+
+    Why: worker threads are joined at exit, so a round still waiting for members would hold the
+    service's shutdown for the rest of its deadline; it is left open instead and the runner
+    closes it as ``round.abandoned``.
+    """
+
+    def sleep(seconds: float) -> None:
+        reason = stop()
+        if reason is not None:
+            raise ShutdownRequested(reason)
+        time.sleep(seconds)
+
+    return sleep
+
+
 def prepare_in_background(services: Services, config: TrainingSection, rounds: TrainerRounds,
                           stop: Callable[[], str | None]) -> threading.Thread:
     """``mor server serve --training``: run stages 0-3 in a thread, then open ``rounds`` to the trainer ranks.
@@ -224,6 +241,7 @@ def prepare_in_background(services: Services, config: TrainingSection, rounds: T
             services.audit.record(rounds.actor, "training.failed", {"error": f"{type(exc).__name__}: {exc}"})
             rounds.fail(f"{type(exc).__name__}: {exc}")
             return
+        prepared.coordinator.sleep = _stoppable(stop)  # a stop ends rounds in flight now, not at their deadline
         rounds.set_ready(prepared.coordinator, prepared.prompts)
         services.audit.record(rounds.actor, "trainer.rounds.ready", {
             "prompts_sha256": rounds.prompts_sha256, "router_digest": prepared.coordinator.router.digest()})

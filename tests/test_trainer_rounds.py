@@ -32,7 +32,7 @@ from server.round_transport import RoundKey
 from server.router import make_router
 from server.services import ServicePolicy, Services
 from server.trainer import TrainingSection
-from server.trainer_rounds import TrainerRounds, prepare_in_background, prompt_set_sha256
+from server.trainer_rounds import TrainerRounds, _stoppable, prepare_in_background, prompt_set_sha256
 from server.training_data import load_prompts
 from sim.bench.grpo_step import AGENTS, features
 from sim.bench.scorers import SCORERS
@@ -178,4 +178,20 @@ def test_a_stage_that_fails_is_audited_and_told_to_the_ranks(world: ThreadAgents
     assert not run.ready and run.stage == "failed" and "quorum is 4" in str(run.error)
     [failed] = _audit(world, "training.failed")
     assert "quorum is 4" in str(failed["error"])
+    rounds.close()
+
+
+def test_a_stopping_service_ends_rounds_in_flight_at_once(world: ThreadAgents) -> None:
+    rounds = _rounds(world, deadline_s=60)  # no member answers: without the stop it would wait a minute
+    stopping: list[str] = []
+    assert rounds.coordinator is not None
+    rounds.coordinator.sleep = _stoppable(lambda: stopping[0] if stopping else None)
+    rounds.open(TRAINER, _request(step=0, rank=0))
+    time.sleep(0.3)
+    started = time.monotonic()
+    stopping.append("signal SIGTERM")
+    state = rounds.result(RoundKey("r1", 0, 0), wait_s=10)
+    assert time.monotonic() - started < 5
+    assert state.status == "skipped" and "ShutdownRequested" in str(state.reason)
+    assert _open_rounds(world) == 1  # left for the runner to close as round.abandoned
     rounds.close()

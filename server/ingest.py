@@ -11,11 +11,12 @@ to start or stop.
 The promise does not change: **a receipt leaves only after the commit that contains its
 envelope**. Order inside a group: check (task not answered, nonce unseen — one read, plus
 duplicates within the group), then the audit entries (fsync), then the rows (commit), then the
-replies. A crash before the audit fsync loses the group and no receipt was sent; a crash after
-it leaves audit entries for envelopes never stored (no receipt was sent either: the log says
-more than was promised, never less); every receipt sent cites an entry already on disk and a
-row already committed. If the group's transaction conflicts (a row written meanwhile by
-another writer), its submissions are stored one by one with the old per-row path.
+replies; a task whose round closed after the route checked it is refused as expired (checked
+again inside the storing transaction). A crash before the audit fsync loses the group and no
+receipt was sent; a crash after it leaves audit entries for envelopes never stored (no
+receipt was sent either: the log says more than was promised, never less); every receipt sent
+cites an entry already on disk and a row already committed. If the group's transaction
+conflicts (a row written meanwhile by another writer), its submissions are stored one by one with the old per-row path.
 
 Nonces: the route verifies an envelope with :class:`DeferredNonce`, which defers recording the
 nonce to the group (a replay is refused there, inside the same serialised step that stores
@@ -36,7 +37,7 @@ from server.services import AuditRecord, AuditTrail
 from server.state import StateStore, TaskRow
 from wire.messages import Receipt
 
-Outcome = Literal["accepted", "duplicate", "replay"]
+Outcome = Literal["accepted", "duplicate", "replay", "expired"]
 
 
 class DeferredNonce:
@@ -127,6 +128,7 @@ class GroupCommit:
 
     def _commit(self, group: list[Submission], burnt: list[tuple[str, str, float]]) -> None:
         fresh = self.state.unseen_submissions([(i.task.task_id, i.nonce[0], i.nonce[1]) for i in group])
+        closed = self.state.closed_tasks([i.task.task_id for i in group])
         accepted: list[Submission] = []
         tasks: set[str] = set()
         seen: set[tuple[str, str]] = set()
@@ -138,6 +140,9 @@ class GroupCommit:
                 item.outcome = "duplicate"
             elif not new:
                 item.outcome = "replay" if self._is_replay(item) else "duplicate"
+            elif item.task.task_id in closed:  # its round closed after the route's check
+                item.outcome = "expired"
+                burnt = [*burnt, item.nonce]  # verified, then refused: spent like any other
             else:
                 tasks.add(item.task.task_id)
                 seen.add(key)
@@ -190,4 +195,7 @@ class GroupCommit:
                 task_id=row["task_id"], agent=row["agent"], round_id=row["round_id"],
                 envelope_sha256=row["envelope_sha256"], envelope=row["envelope"], receipt=row["receipt"],
                 now=row["now"])
-            item.outcome = "accepted" if stored else "duplicate"
+            if stored:
+                item.outcome = "accepted"
+            else:
+                item.outcome = "expired" if self.state.closed_tasks([item.task.task_id]) else "duplicate"

@@ -161,6 +161,26 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_OPEN_TASK = ("pending", "delivered")
+
+
+class _TaskClosedError(Exception):
+    """Rolls a submission's transaction back: its task closed between the route's check and the commit."""
+
+
+def _mark_submitted(conn: Connection, task_ids: list[str]) -> None:
+    """Flip open tasks to ``submitted`` — inside the storing transaction, and only if all are still open.
+
+    Why here and not only in the route: the coordinator may close a round (tasks -> expired) after
+    the route saw the task open; storing then would issue a receipt for an answer the fused round
+    never used, and turn an expired task back into a submitted one.
+    """
+    flipped = conn.execute(update(tasks).where(tasks.c.task_id.in_(task_ids) & tasks.c.status.in_(_OPEN_TASK))
+                           .values(status="submitted")).rowcount
+    if flipped != len(set(task_ids)):
+        raise _TaskClosedError()
+
+
 class StateStore:
     """Thin, explicit persistence for the server. One method per thing the server promises."""
 
@@ -344,10 +364,19 @@ class StateStore:
                     task_id=task_id, agent=agent, round_id=round_id, envelope_sha256=envelope_sha256,
                     envelope=_json_text(envelope), receipt=json.dumps(receipt), received_at=now,
                 ))
-                conn.execute(update(tasks).where(tasks.c.task_id == task_id).values(status="submitted"))
-        except SQLIntegrityError:
+                _mark_submitted(conn, [task_id])
+        except (SQLIntegrityError, _TaskClosedError):
             return False
         return True
+
+    def closed_tasks(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` no longer open for an answer (expired, declined, or not a task at all)."""
+        if not task_ids:
+            return set()
+        with self._tx() as conn:
+            open_ids = {r[0] for r in conn.execute(select(tasks.c.task_id).where(
+                tasks.c.task_id.in_(set(task_ids)) & tasks.c.status.in_(_OPEN_TASK)))}
+        return set(task_ids) - open_ids
 
     def unseen_submissions(self, pending: Sequence[tuple[str, str, str]]) -> list[bool]:
         """For each ``(task_id, sender, nonce)``: True if the task has no submission and the nonce is new.
@@ -377,7 +406,8 @@ class StateStore:
         refused envelopes, in **one** transaction.
 
         False, with nothing stored, if any row conflicts (a twin stored meanwhile by another
-        writer): the caller then stores them one by one.
+        writer) or any task closed meanwhile (its round fused without it): the caller then stores
+        them one by one.
         """
         now = self._clock()
         if now - self._last_nonce_purge >= self._nonce_purge_every_s:
@@ -392,9 +422,8 @@ class StateStore:
                         "task_id": a["task_id"], "agent": a["agent"], "round_id": a["round_id"],
                         "envelope_sha256": a["envelope_sha256"], "envelope": _json_text(a["envelope"]),
                         "receipt": json.dumps(a["receipt"]), "received_at": a["now"]} for a in accepted])
-                    conn.execute(update(tasks).where(tasks.c.task_id.in_([a["task_id"] for a in accepted]))
-                                 .values(status="submitted"))
-        except SQLIntegrityError:
+                    _mark_submitted(conn, [a["task_id"] for a in accepted])
+        except (SQLIntegrityError, _TaskClosedError):
             return False
         return True
 

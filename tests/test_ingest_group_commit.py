@@ -175,3 +175,39 @@ def test_after_kill_9_every_receipt_is_stored_and_in_the_log(tmp_path: Path) -> 
         assert row is not None and Receipt.model_validate(row["receipt"]) == receipt
         assert _cited(receipt, entries), receipt
     store.engine.dispose()
+
+
+def test_a_round_closed_after_the_route_checked_its_task_gets_no_receipt(tmp_path: Path) -> None:
+    """The coordinator may fuse a round without an answer still in flight: that answer must be
+    refused as expired — no row, no receipt, and the task stays expired — never stored after the fact."""
+    # Prepare: two members' tasks, each verified (as the route does) while the round is open
+    state = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    audit = AuditLogTrail.open(tmp_path / "audit", SigningKey.generate(), origin="mor://t/server")
+    ingest = GroupCommit(state=state, audit=audit, signing_key=SigningKey.generate())
+    members = {f"mor://t/client/m{i}": SigningKey.generate() for i in range(2)}
+    tasks = {m: (f"task-{i}", PAYLOAD) for i, m in enumerate(members)}
+    state.create_round("score-r1", kind="score", n_items=3, deadline=time.time() + 60, now=time.time(),
+                       task_payloads=tasks)
+    items = []
+    for member, key in members.items():
+        env = sign_plain_scores([0.1, 0.2, 0.3], signing_key=key, sender=member, round_id="score-r1",
+                                task_id=tasks[member][0])
+        nonce = DeferredNonce(state)
+        opened = open_envelope(env, verify_key=key.verify_key(), nonces=nonce, expected_sender=member)
+        task = state.task(tasks[member][0])
+        assert task is not None and task.status == "pending" and nonce.seen is not None
+        items.append(Submission(agent=member, task=task, envelope=env, opened=opened, nonce=nonce.seen,
+                                clipped=0, now=time.time()))
+    # Execute: the round closes (its open tasks expire) before the group commits
+    state.close_round("score-r1", status="fused", outcome={})
+    done = [ingest.commit(item) for item in items]
+    # Assert: refused as expired, nothing stored, tasks stay expired; the nonces are spent all the same
+    assert [d.outcome for d in done] == ["expired", "expired"]
+    assert state.count_submissions() == 0
+    assert all(state.task(t).status == "expired" for t, _ in tasks.values())  # type: ignore[union-attr]
+    assert all(state.nonce_seen(*item.nonce[:2]) for item in items)
+    # and the transaction's own guard: a store that skips the group's pre-check still refuses
+    assert not state.record_submission(task_id="task-0", agent=items[0].agent, round_id="score-r1",
+                                       envelope_sha256="ab" * 32, envelope={}, receipt={}, now=time.time())
+    assert state.count_submissions() == 0
+    audit.close()

@@ -137,6 +137,9 @@ def submit(body: Submission, request: Request,
             return Receipt.model_validate(winner["receipt"])
         if item.outcome == "replay":
             raise INTEGRITY
+        if item.outcome == "expired":
+            raise Rejection(410, "task_expired", f"task {task.task_id!r} expired (its round closed before this "
+                            "submission was stored)")
         raise Rejection(409, "duplicate_submission", f"task {task.task_id!r} already has an accepted submission")
     assert item.receipt is not None  # accepted: signed inside the commit that stored it
     return item.receipt

@@ -105,8 +105,9 @@ def agent_facts(entries: list[Entry]) -> dict[str, Any]:
     for e in entries:
         action, d = e["action"], _details(e)
         if action == "model.trained":
-            if d.get("noise_source") and d["noise_source"] not in facts["noise_sources"]:
-                facts["noise_sources"].append(d["noise_source"])
+            source = d.get("noise_source")
+            if source and str(source) not in facts["noise_sources"]:
+                facts["noise_sources"].append(str(source))
             facts["insecure_pilot"] |= d.get("insecure_pilot") is True
             facts["epsilon"] = d.get("epsilon", facts["epsilon"])
         elif action == "agent.started":
@@ -116,10 +117,13 @@ def agent_facts(entries: list[Entry]) -> dict[str, Any]:
             facts["lifetime_limit"] = d.get("lifetime_limit")
         elif action == "agent.enrolled":
             digest = (e.get("digests") or {}).get("server_key_sha256")
-            if digest:
+            if isinstance(digest, str) and digest:
                 facts["server_key_sha256"].add(digest)
         elif action == "receipt.stored":
-            facts["receipted_tasks"].add((d.get("receipt") or {}).get("task_id"))
+            receipt = d.get("receipt")  # the member writes this log: anything may stand here
+            task_id = receipt.get("task_id") if isinstance(receipt, dict) else None
+            if isinstance(task_id, str):
+                facts["receipted_tasks"].add(task_id)
         elif action in ("task.refused", "submission.refused"):
             facts["refused"][f"agent: {action.split('.')[0]} {d.get('code') or d.get('status') or ''}".strip()] += 1
     facts["refused"] = dict(facts["refused"])

@@ -25,7 +25,10 @@ MAX_TIMELINE_ROWS = 40
 def _when(t: Any) -> str:
     if not isinstance(t, int | float) or isinstance(t, bool):
         return "—"
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    try:  # a member writes its own log: a time past year 9999 (or inf) must not crash the report
+        return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, ValueError, OSError):
+        return escape(f"{t!r} (not a date)")
 
 
 def _e(value: Any) -> str:

@@ -11,15 +11,25 @@ of it cannot touch the mTLS port's connection bounds — and it binds to loopbac
 * ``/readyz`` -> 200 only when every check of :mod:`server.observability.readiness` passes
   and the API is serving; else 503 with each check's problem. Both answer JSON.
 * ``/metrics`` -> the party's :class:`~server.observability.metrics.PartyMetrics` registry.
+
+Slow and idle clients: uvicorn bounds the listener at :data:`MAX_CONNECTIONS` and answers
+503 past it, but by itself puts no deadline on a connection that never finishes its request —
+32 silent sockets held ``/livez`` at 503 for as long as they stayed open, and a kubelet
+restarts a server whose liveness fails. So every connection must finish a request within
+:data:`REQUEST_DEADLINE_S` of opening (one still being answered then gets another), and one peer holds at most
+:data:`MAX_CONNECTIONS_PER_PEER` of the slots (:func:`_bounded_protocol`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -27,6 +37,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from server.errors import ServerError
 from server.observability.logs import uvicorn_log_config
@@ -34,6 +45,47 @@ from server.observability.readiness import Check, run_checks
 
 log = logging.getLogger("mor.observability")
 MAX_CONNECTIONS = 32  # a probe listener needs a handful; past this uvicorn answers 503 at once
+MAX_CONNECTIONS_PER_PEER = 8  # a kubelet or Prometheus needs one or two; the rest stay for them
+REQUEST_DEADLINE_S = 5.0  # a probe request is a few hundred bytes: a connection idle this long is closed
+
+
+def _bounded_protocol() -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a per-connection request deadline and a per-peer connection bound.
+
+    One class per listener, so its per-peer counts are its own. A connection is closed when
+    the deadline passes while no request of it is being answered (a half-sent request, or an
+    idle keep-alive); one being answered gets another deadline.
+    """
+    per_peer: Counter[str] = Counter()
+
+    class BoundedH11Protocol(H11Protocol):
+        _peer = ""
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._peer = self.client[0] if self.client else ""
+            per_peer[self._peer] += 1
+            if per_peer[self._peer] > MAX_CONNECTIONS_PER_PEER:
+                transport.close()
+                return
+            self._deadline = self.loop.call_later(REQUEST_DEADLINE_S, self._expire)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            per_peer[self._peer] -= 1
+            if per_peer[self._peer] <= 0:
+                del per_peer[self._peer]
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _expire(self) -> None:
+            if self.cycle is not None and not self.cycle.response_complete:
+                self._deadline = self.loop.call_later(REQUEST_DEADLINE_S, self._expire)
+                return
+            self.transport.close()
+
+    return BoundedH11Protocol
 
 
 class ProbeListener:
@@ -47,7 +99,7 @@ class ProbeListener:
         app = Starlette(routes=[Route("/livez", self._livez), Route("/readyz", self._readyz),
                                 Route("/metrics", self._metrics)])
         self.server = uvicorn.Server(uvicorn.Config(
-            app, host=host, port=port, http="h11", loop="asyncio", lifespan="off", access_log=False,
+            app, host=host, port=port, http=_bounded_protocol(), loop="asyncio", lifespan="off", access_log=False,
             log_level="warning", log_config=uvicorn_log_config(), limit_concurrency=MAX_CONNECTIONS,
             timeout_keep_alive=5))
         self._socket: socket.socket | None = None

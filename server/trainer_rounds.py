@@ -18,6 +18,11 @@ router: the stages of :mod:`server.trainer`) and then answers the trainer ranks 
   as ``trainer.round.replaced``. Steps already checkpointed are never asked again: the trainer
   resumes after them. Results are remembered for the last :data:`REMEMBERED` rounds, in memory:
   a service restart forgets them (and closes open rounds, ``round.abandoned``).
+* **Rounds in flight are bounded.** At most :data:`MAX_IN_FLIGHT` rounds run or wait for a
+  worker at once (replaced and forgotten ones included); past that a new key is refused 429
+  ``too_many_rounds``. Without it each request queued another round, its completions held in
+  memory and then put to every member: a runaway (or stolen) trainer certificate grew the
+  service's memory and the members' scoring work without bound.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 
 REMEMBERED = 4096
 MAX_WORKERS = 64  # rounds open at once (ranks x steps in flight); more wait for a worker
+MAX_IN_FLIGHT = 2 * MAX_WORKERS  # rounds running or queued; past it a new round is refused 429
 
 
 def prompt_set_sha256(prompts: Sequence[Prompt]) -> str:
@@ -84,6 +90,7 @@ class TrainerRounds:
         self.prompts_sha256: str | None = None
         self._changed = threading.Condition()
         self._entries: OrderedDict[RoundKey, _Entry] = OrderedDict()
+        self._in_flight = 0  # futures not done, whether or not their entry is still remembered
         self._pool = ThreadPoolExecutor(max_workers=MAX_WORKERS, thread_name_prefix="trainer-round")
 
     # -- the run's stages (set by the preparing thread) ------------------------------------------------
@@ -135,10 +142,14 @@ class TrainerRounds:
                 entry.replays += 1
                 self.audit.record(trainer, "trainer.round.replayed", {**_key(key), "items_sha256": digest})
                 return self._state(key, entry, replayed=True)
+            if self._in_flight >= MAX_IN_FLIGHT:
+                raise Rejection(429, "too_many_rounds", f"{self._in_flight} rounds are in flight, at most "
+                                                        f"{MAX_IN_FLIGHT}: fetch their results before opening more")
             if entry is not None:
                 self.audit.record(trainer, "trainer.round.replaced", {**_key(key), "items_sha256": digest,
                                                                       "previous_items_sha256": entry.digest})
             prompts = [self.prompts[pid] for pid in request.prompt_ids]
+            self._in_flight += 1
             future = self._pool.submit(coordinator.run_round, "score", prompts, list(request.items))
             entry = _Entry(digest, future, trainer)
             self._entries[key] = entry
@@ -166,6 +177,7 @@ class TrainerRounds:
     def _done(self, key: RoundKey, entry: _Entry) -> None:
         entry.done_at = time.monotonic()
         with self._changed:
+            self._in_flight -= 1
             self._changed.notify_all()
 
     def _sweep(self) -> None:

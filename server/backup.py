@@ -178,7 +178,8 @@ def _publish(work: Path, out: Path) -> None:
     """
     if out.name.endswith(TARBALL_SUFFIXES):
         partial = out.with_name(out.name + ".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        partial.unlink(missing_ok=True)  # a leftover of a crashed run, or a link planted in a shared folder:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never written through
         with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
             tar.add(work, arcname="backup")
         os.replace(partial, out)

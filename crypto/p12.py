@@ -93,8 +93,8 @@ def export_p12(*, cert: str | Path, key: str | Path, out: str | Path, password: 
                ca: str | Path | None = None) -> ExportedP12:
     """Write ``cert`` + ``key`` (+ the ``ca`` certificate, so the chain is complete) to ``out`` (0600).
 
-    Raises :class:`KeyFileError` for unreadable inputs, a short password or an existing
-    ``out``; :class:`PKIError` when the certificate is not the key's or not the CA's.
+    Raises :class:`KeyFileError` for unreadable inputs, a short password, an existing or
+    unwritable ``out``; :class:`PKIError` when the certificate is not the key's or not the CA's.
     """
     cert_path, key_path, out_path = Path(cert), Path(key), Path(out)
     certificate, private = _load_cert(cert_path, "certificate"), _load_key(key_path)
@@ -106,6 +106,9 @@ def export_p12(*, cert: str | Path, key: str | Path, out: str | Path, password: 
         _check_issued_by(certificate, ca_cert, Path(ca))
     identity = identity_of(certificate)
     data = p12_bytes(certificate, private, ca_cert, password, name=identity)
-    write_private_file(out_path, data)
+    try:
+        write_private_file(out_path, data)
+    except OSError as exc:  # a folder in the way, no permission, a full disk: say so, no traceback
+        raise KeyFileError(f"{out_path}: cannot write the PKCS#12 file: {exc.strerror or exc}") from None
     return ExportedP12(out_path, identity, certificate.serial_number,
                        certificate.not_valid_after_utc.isoformat())

@@ -57,3 +57,16 @@ def test_cli_reads_the_password_from_env_never_argv(tmp_path: Path, monkeypatch:
     assert "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mor([*args, "--password", PASSWORD])  # there is no such option
+
+
+def test_an_out_that_cannot_be_written_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    pki = make_pki(tmp_path)
+    audrey = pki.issue("audrey", "auditor")
+    (tmp_path / "a-file").write_bytes(b"not a folder")
+    monkeypatch.setenv("MOR_P12_PASSWORD", PASSWORD)
+    out = tmp_path / "a-file" / "audrey.p12"  # its folder would have to replace a file
+    assert mor(["ca", "export-p12", "--cert", str(audrey.cert), "--key", str(audrey.key), "--out", str(out),
+                "--password-env", "MOR_P12_PASSWORD"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: cannot write the PKCS#12 file" in err and len(err.strip().splitlines()) == 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -190,8 +191,14 @@ def _restore_state(url: str, directory: Path, revision: str) -> None:
 def _replace_audit(audit_dir: Path, directory: Path, keep_aside: bool) -> Path | None:
     aside = None
     if keep_aside:
-        aside = audit_dir.with_name(f"{audit_dir.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        aside.mkdir(mode=0o700)
+        stamp = f"{audit_dir.name}.before-restore-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        aside = audit_dir.with_name(stamp)
+        for n in itertools.count(2):  # a second restore in the same second: a new folder, never a traceback
+            try:  # (that came after the state was already replaced, leaving it and the log apart)
+                aside.mkdir(mode=0o700)
+                break
+            except FileExistsError:
+                aside = audit_dir.with_name(f"{stamp}-{n}")
         for name in AUDIT_FILES:
             if (audit_dir / name).exists():
                 shutil.copy2(audit_dir / name, aside / name)

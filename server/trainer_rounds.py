@@ -27,6 +27,7 @@ router: the stages of :mod:`server.trainer`) and then answers the trainer ranks 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import threading
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 REMEMBERED = 4096
 MAX_WORKERS = 64  # rounds open at once (ranks x steps in flight); more wait for a worker
+READY_POLL_S = 0.1  # how often a rank's wait for readiness re-reads the run's stage
 MAX_IN_FLIGHT = 2 * MAX_WORKERS  # rounds running or queued; past it a new round is refused 429
 
 
@@ -163,12 +165,44 @@ class TrainerRounds:
 
     def result(self, key: RoundKey, wait_s: float) -> TrainerRound:
         """The round's state, waiting up to ``wait_s`` for it to finish; 404 for a key never opened (or forgotten)."""
+        entry = self._entry(key)
+        wait([entry.future], timeout=wait_s)  # never raises: the outcome is read by _state
+        return self._claimed(key, entry)
+
+    async def result_async(self, key: RoundKey, wait_s: float) -> TrainerRound:
+        """:meth:`result` for the event loop (the route): the wait holds no worker thread.
+
+        Why: each rank long-polls for up to 20 s; in a worker thread each poll held one of the
+        pool's 40 threads, in which members' submissions are also stored — with enough ranks the
+        submissions the rounds wait for queued behind the polls waiting for them.
+        """
+        entry = self._entry(key)
+        if not entry.future.done():
+            waiter = asyncio.wrap_future(entry.future)
+            waiter.add_done_callback(lambda f: f.cancelled() or f.exception())  # read by _state; not logged
+            await asyncio.wait({waiter}, timeout=wait_s)  # a timeout or a gone client never cancels the round
+        return self._claimed(key, entry)
+
+    async def run_async(self, wait_s: float) -> TrainerRun:
+        """:meth:`run` for the event loop: waits for readiness without holding a worker thread (as above)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            state = self.run(0.0)
+            left = deadline - loop.time()
+            if state.ready or state.error is not None or left <= 0:
+                return state
+            await asyncio.sleep(min(READY_POLL_S, left))
+
+    def _entry(self, key: RoundKey) -> _Entry:
         with self._changed:
             entry = self._entries.get(key)
         if entry is None:
             raise Rejection(404, "unknown_round", f"no round {key.run_id}/{key.step}/{key.rank} (never opened, or "
                                                   f"older than the last {REMEMBERED})")
-        wait([entry.future], timeout=wait_s)  # never raises: the outcome is read by _state
+        return entry
+
+    def _claimed(self, key: RoundKey, entry: _Entry) -> TrainerRound:
         state = self._state(key, entry)
         if state.status != "open":
             entry.claimed = True

@@ -45,8 +45,7 @@ def _wait(request: Request, wait: float) -> float:
 async def run_state(request: Request, caller: Trainer,
                     wait: Annotated[float, Query(ge=0, description="seconds to wait for readiness")] = 0.0,
                     ) -> TrainerRun:
-    rounds = _rounds(request)
-    return await run_in_threadpool(rounds.run, _wait(request, wait))
+    return await _rounds(request).run_async(_wait(request, wait))
 
 
 @router.post("/rounds", response_model=TrainerRound, summary="Open (or find) the round of one rank's step",
@@ -65,7 +64,7 @@ async def round_result(request: Request, response: Response, caller: Trainer,
                        wait: Annotated[float, Query(ge=0, description="seconds to wait for the result")] = 0.0,
                        ) -> TrainerRound:
     rounds = _rounds(request)
-    state = await run_in_threadpool(rounds.result, RoundKey(run_id, step, rank), _wait(request, wait))
+    state = await rounds.result_async(RoundKey(run_id, step, rank), _wait(request, wait))
     response.status_code = 202 if state.status == "open" else 200
     return state
 

@@ -103,7 +103,7 @@ def _parse(raw: bytes) -> Any:
     """JSON object from one line, or None when the bytes are not the canonical encoding."""
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # a tampered line nested 100k deep is just bad
         return None
     try:
         return obj if canonical_json(obj) == raw else None

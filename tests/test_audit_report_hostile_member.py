@@ -15,7 +15,8 @@ from typing import Any
 
 from audit import AuditLog
 from audit.report import LogInput, build_report, render_report
-from crypto.signing import SigningKey
+from audit.storage import PUBLIC_KEY
+from crypto.signing import SigningKey, VerifyKey
 
 EVE = "mor://c/client/eve"
 
@@ -46,3 +47,19 @@ def test_a_hostile_member_log_gives_a_report_not_a_traceback(tmp_path: Path) -> 
     assert "<script>" not in page and "&lt;script&gt;" in page
     eve_row = next(m for m in report["members"] if m["identity"] == EVE)
     assert eve_row["noise_sources"] == ["5"] and eve_row["unreceipted"] == 0
+
+
+def test_a_line_nested_too_deep_for_json_is_a_verification_failure(tmp_path: Path) -> None:
+    """A line of 100k nested brackets made ``json.loads`` raise RecursionError: a traceback from verify and report."""
+    from audit import verify_log
+
+    server = _log(tmp_path / "server", "mor://c/server", [("agent.enrolled", {"epsilon": 3.0})])
+    for name in ("entries.jsonl", "checkpoints.jsonl"):
+        eve = _log(tmp_path / name, EVE, [("model.trained", {"noise_source": "csprng"})])
+        with (eve.directory / name).open("ab") as handle:
+            handle.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+        report = build_report(server, [eve], now=1_700_000_000.0)
+        render_report(report)
+        assert not report["verdict"]["ok"] and "fails verification" in report["verdict"]["failures"][0], name
+        verified = verify_log(eve.directory, VerifyKey.load(eve.directory / PUBLIC_KEY))
+        assert not verified.ok and verified.entries >= 1  # the good prefix still verifies; the bad line does not

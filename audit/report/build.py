@@ -84,7 +84,7 @@ def _open(inp: LogInput, index: int) -> _Log:
     for line_no, raw in enumerate(state.files[CHECKPOINTS].lines, 1):
         try:
             cp = checkpoint_from_obj(json.loads(raw))
-        except ValueError:
+        except (ValueError, RecursionError):  # the line's own problem is in the verification findings
             cp = "unparseable"
         if isinstance(cp, str):
             timeline.append({"line": line_no, "ok": False, "size": None, "time": None, "root": None})

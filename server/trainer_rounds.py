@@ -136,6 +136,14 @@ class TrainerRounds:
         if bad:
             raise Rejection(422, "validation_error", f"items[{bad[0]}].prompt_index: only "
                                                      f"{len(request.prompt_ids)} prompt ids")
+        # every listed prompt's image goes to every member: a prompt listed twice or used by no item only
+        # multiplied the task each member downloads (4096 copies of one image from a 4 MB request)
+        if len(set(request.prompt_ids)) != len(request.prompt_ids):
+            raise Rejection(422, "duplicate_prompt", "prompt_ids: list each prompt once (items point to it by index)")
+        unused = sorted(set(range(len(request.prompt_ids))) - {item.prompt_index for item in request.items})
+        if unused:
+            raise Rejection(422, "unused_prompt", f"prompt_ids[{unused[0]}]: no item points to it "
+                                                  f"({len(unused)} unused)")
         key, digest = RoundKey(request.run_id, request.step, request.rank), items_sha256(request)
         self._sweep()
         with self._changed:

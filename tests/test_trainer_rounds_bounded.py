@@ -52,3 +52,21 @@ def test_past_the_bound_a_new_round_is_refused_429_until_one_finishes(tmp_path: 
     finally:
         rounds.close()
         agents.close()
+
+
+def test_a_prompt_listed_twice_or_used_by_no_item_is_refused(tmp_path: Path) -> None:
+    """Each listed prompt's image goes to every member: repeats and unused ids only multiplied the task."""
+    agents = ThreadAgents(tmp_path, AGENTS, SCORERS)
+    rounds = TrainerRounds(audit=agents.audit, deadline_s=1.0)
+    rounds.set_ready(agents.coordinator(make_router("uniform", AGENTS), features, quorum=3, deadline_s=1.0), PROMPTS)
+    item = TaskItem(prompt_index=0, response="a red circle")
+    try:
+        for prompt_ids, code in (([PROMPTS[0].prompt_id] * 2, "duplicate_prompt"),
+                                 ([PROMPTS[0].prompt_id, PROMPTS[1].prompt_id], "unused_prompt")):
+            with pytest.raises(Rejection) as refused:
+                rounds.open("t", TrainerRoundRequest(run_id="r1", step=0, rank=0, prompt_ids=prompt_ids, items=[item]))
+            assert (refused.value.status, refused.value.code) == (422, code)
+        assert agents.state.round_counts().get("open", 0) == 0  # no round went out to the members
+    finally:
+        rounds.close()
+        agents.close()

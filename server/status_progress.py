@@ -60,7 +60,7 @@ def _tail_entries(entries: Path) -> list[dict[str, Any]]:
     for raw in reversed(lines):
         try:
             entry = json.loads(raw)["entry"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # a damaged line: the page shows the rest
             continue
         if isinstance(entry, dict):
             out.append(entry)

@@ -44,3 +44,12 @@ def test_the_newest_run_its_last_step_and_how_it_ended(tmp_path: Path) -> None:
                                            ("grpo.step", {"step": 5, **STEP}), ("training.finished", {}),
                                            ("server.started", {})))
     assert finished is not None and (finished.state, finished.step) == ("finished", 5)
+
+
+def test_a_line_nested_too_deep_for_json_is_skipped_not_a_failed_page(tmp_path: Path) -> None:
+    """A damaged tail line of 100k brackets made ``json.loads`` raise RecursionError: the page answered 500."""
+    entries = _log(tmp_path, ("training.started", {"config": {"max_steps": 5}}), ("grpo.step", {"step": 1, **STEP}))
+    with entries.open("ab") as handle:
+        handle.write(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    progress = read_training_progress(entries)
+    assert progress is not None and (progress.state, progress.step) == ("running", 1)

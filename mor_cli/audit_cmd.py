@@ -67,7 +67,10 @@ def handle(args: argparse.Namespace) -> int:
 def _when(t: Any) -> str:
     if not isinstance(t, int | float) or isinstance(t, bool):
         return "-" if t is None else str(t)
-    return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:  # show reads unverified lines: a time past year 9999 (or inf) is printed as it stands
+        return datetime.fromtimestamp(t, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        return repr(t)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -103,7 +106,7 @@ def _show(args: argparse.Namespace) -> int:
         for lineno, raw in enumerate(handle, 1):
             try:
                 entry = json.loads(raw)["entry"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 print(f"{path} line {lineno}: unreadable (run `mor audit verify`)", file=sys.stderr)
                 continue
             if not isinstance(entry, dict) or not _wanted(entry, args):
@@ -124,7 +127,8 @@ def _readable(entry: dict[str, Any]) -> str:
     for name in ("round_id", "task_id"):
         if entry.get(name) is not None:
             parts.append(f"{name.removesuffix('_id')}={entry[name]}")
-    for name, digest in sorted((entry.get("digests") or {}).items()):
+    digests = entry.get("digests")
+    for name, digest in sorted(digests.items() if isinstance(digests, dict) else []):
         parts.append(f"{name}={str(digest)[:16]}…")
     if entry.get("details"):
         parts.append(json.dumps(entry["details"], sort_keys=True, separators=(",", ":")))

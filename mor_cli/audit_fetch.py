@@ -83,9 +83,9 @@ def _head_line(lines: list[str], head: dict[str, Any]) -> int:
     for i, line in enumerate(lines):
         try:
             body = json.loads(line)["checkpoint"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # the server sent it: anything may stand here
             continue
-        if body.get("size") == head["size"] and body.get("root") == head["root_sha256"]:
+        if isinstance(body, dict) and body.get("size") == head["size"] and body.get("root") == head["root_sha256"]:
             return i
     return -1
 

@@ -59,6 +59,8 @@ FORMAT = "mor-server-backup/1"
 MANIFEST, SIGNATURE, STATE = "manifest.json", "manifest.sig", "state.jsonl.gz"
 AUDIT_FILES = (ENTRIES, CHECKPOINTS, PUBLIC_KEY)
 TARBALL_SUFFIXES = (".tar.gz", ".tgz")
+BACKUP_MEMBERS = frozenset({"backup", "backup/audit", f"backup/{MANIFEST}", f"backup/{SIGNATURE}", f"backup/{STATE}",
+                            *(f"backup/audit/{name}" for name in AUDIT_FILES)})  # all a tarball of ours holds
 
 
 @contextlib.contextmanager
@@ -201,7 +203,12 @@ def opened_backup(source: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="mor-restore-") as tmp:
         try:
             with tarfile.open(source, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
+                members = tar.getmembers()
+                stray = [m.name for m in members if m.name not in BACKUP_MEMBERS]
+                if stray:  # refused before anything is written: a hostile file cannot fill the disk with extras
+                    raise StateError(f"{source}: not a backup written by mor server backup: it holds "
+                                     f"{stray[0]!r}" + (f" and {len(stray) - 1} more" if len(stray) > 1 else ""))
+                tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise StateError(f"{source}: not a readable backup tarball ({exc})") from None
         yield Path(tmp) / "backup"

@@ -1,4 +1,4 @@
-"""A backup tarball is written to a file of its own, never through a link planted beside it.
+"""A backup tarball is written to a file of its own (never through a link planted beside it), and read only if ours.
 
 Backups often go to a shared folder. Before, the tarball was first written to ``<out>.partial``
 opened with ``O_CREAT | O_TRUNC``: a symbolic link planted there by another local user was
@@ -9,10 +9,14 @@ is needed for the last step of :func:`server.backup.backup` that this is about.
 
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 
-from server.backup import _publish
+import pytest
+
+from server.backup import _publish, opened_backup
+from server.errors import StateError
 
 
 def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path: Path) -> None:
@@ -33,3 +37,15 @@ def test_a_link_planted_at_the_partial_name_is_not_written_through(tmp_path: Pat
     assert not out.is_symlink() and out.stat().st_mode & 0o777 == 0o600
     with tarfile.open(out, "r:gz") as tar:
         assert "backup/manifest.json" in tar.getnames()
+
+
+def test_a_tarball_holding_anything_else_is_refused_before_it_is_unpacked(tmp_path: Path) -> None:
+    """A hostile file (thousands of members, or one stray large one) is refused by name, nothing written first."""
+    source = tmp_path / "hostile.tar.gz"
+    with tarfile.open(source, "w:gz") as tar:
+        for name in ("backup/manifest.json", *(f"backup/filler-{i}" for i in range(3))):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(StateError, match="holds 'backup/filler-0' and 2 more"), opened_backup(source):
+        pass

@@ -102,9 +102,10 @@ class TrainerRounds:
             self._changed.notify_all()
 
     def set_ready(self, coordinator: RoundCoordinator, prompts: Sequence[Prompt]) -> None:
+        digest = prompt_set_sha256(prompts)  # hashing every image: outside the lock the event loop's reads take
         with self._changed:
             self.coordinator, self.prompts = coordinator, {p.prompt_id: p for p in prompts}
-            self.prompts_sha256, self.stage = prompt_set_sha256(prompts), "ready"
+            self.prompts_sha256, self.stage = digest, "ready"
             self._changed.notify_all()
 
     def fail(self, error: str) -> None:

@@ -105,8 +105,10 @@ class TrainingSection(_Section):
     batch_size: int = Field(default=64, ge=1, description="expected batch size (Poisson sampling)")
     lr: float = Field(default=0.05, gt=0, description="Adam learning rate")
     max_grad_norm: float = Field(default=1.0, gt=0, description="per-pair gradient clipping norm")
-    clipping: Literal["flat", "ghost"] = Field(
-        default="flat", description="flat, or ghost clipping (Linear layers only)")
+    clipping: Literal["auto", "flat", "ghost", "bk"] = Field(
+        default="auto", description="how per-pair gradient norms are found (same clipping, noise, epsilon): auto = "
+        "the architecture's cheapest, flat = per-pair gradients, ghost = Opacus ghost clipping, bk = one-pass "
+        "book-keeping (nn.Linear-only models)")
     seed: int | None = Field(default=None, description="fixed RNG seed: predictable DP noise, insecure_pilot only")
 
 

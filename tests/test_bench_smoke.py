@@ -1,6 +1,7 @@
 """`mor bench --smoke` keeps working: real CKKS, real Opacus, a real `mor server serve` with agent processes.
 
-The smoke configuration is the benchmark itself at toy sizes (sections 2 ckks, 3 dp, 4 ingest,
+The smoke configuration is the benchmark itself at toy sizes (sections 2 ckks, 3 dp (frozen-mlp, tiny-vlt and a
+built hf-text checkpoint, production DP step with CSPRNG noise and the alternatives), 4 ingest,
 5 scaling, and 1 exchange in fused-only with 16 responses; 6 takes longer than this suite's
 budget and runs with `mor bench`). What a user of the numbers cares about: every figure is a
 finite, positive ratio to a baseline from the same run; under load the server lost nothing —
@@ -69,6 +70,23 @@ def test_ingest_lost_nothing(smoke: tuple[subprocess.CompletedProcess[str], dict
         assert c["accepted"] > 0, name
         assert c["accepted"] == c["receipts_valid"] == c["db_rows"] == c["audit_entries"], (name, c)
     assert smoke[1]["checks"]["5"]["rounds_skipped"] == 0
+
+
+def test_dp_section_times_the_production_step_of_every_smoke_architecture(
+        smoke: tuple[subprocess.CompletedProcess[str], dict]) -> None:
+    from sim.bench.dp_step import SMOKE_ARCHS
+
+    report = smoke[1]
+    figures = {f["name"]: f for f in report["figures"] if f["section"] == "3 dp"}
+    production = {name.split()[0]: f for name, f in figures.items() if f["extra"]["production"]}
+    assert {name for name in production} == set(SMOKE_ARCHS)  # step and peak memory of each
+    assert figures["frozen-mlp bk+CSPRNG [production] step"]["extra"]["clock"] == "process CPU time"
+    assert "tiny-vlt flat+CSPRNG [production] step" in figures and "hf-text flat+CSPRNG [production] step" in figures
+    assert "frozen-mlp bk+PRNG step" in figures  # the pilot noise, for contrast
+    notes = report["notes"]["3"]
+    # what cannot run is said, never given a number
+    assert any(n.startswith("tiny-vlt: ghost+CSPRNG unavailable") for n in notes)
+    assert not any(name.startswith("tiny-vlt ghost") for name in figures)
 
 
 def test_bad_arguments_are_one_line_errors() -> None:

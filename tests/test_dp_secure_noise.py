@@ -51,6 +51,31 @@ def test_gaussian_shape_dtype_and_zero_std():
     assert bool(stream.gaussian((4,), 0.0).eq(0).all())
 
 
+def test_noise_added_in_place_chunk_by_chunk_is_the_same_gaussian():
+    from client_agent.dp.secure_noise import NOISE_CHUNK
+
+    std, n = 0.7, 3 * NOISE_CHUNK + 5  # crosses chunk boundaries, ends in a partial chunk
+    base = torch.linspace(-1.0, 1.0, n, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    noised = CsprngStream().add_gaussian_(base.clone(), std)
+    assert torch.get_num_threads() == threads  # the noise loop's single thread is restored
+    x = (noised - base).numpy()
+    assert abs(x.mean()) < 5 * std / math.sqrt(n)
+    assert abs(x.var() - std**2) < 5 * std**2 * math.sqrt(2 / n)
+    assert stats.kstest(x, "norm", args=(0.0, std)).pvalue > ALPHA
+    with pytest.raises(ValueError, match="contiguous"):
+        CsprngStream().add_gaussian_(torch.zeros(4, 4).t(), 1.0)
+
+
+def test_draws_are_copied_out_of_the_reused_keystream_buffer():
+    stream = CsprngStream()
+    first = stream.uniform(1000)
+    kept = first.clone()
+    stream.uniform(1000)
+    stream.random_bytes(64)
+    assert torch.equal(first, kept)
+
+
 def test_no_two_streams_and_no_two_draws_agree_even_with_torch_seeded():
     torch.manual_seed(0)
     a = CsprngStream().gaussian((1000,), 1.0)

@@ -38,17 +38,21 @@ NOISE_SOURCE_PILOT = "INSECURE seeded torch PRNG (pilot only)"
 
 
 def _add_csprng_noise(optimizer: Any, stream: CsprngStream) -> None:
-    """Opacus's ``add_noise`` with the Gaussian drawn from ``stream``: one draw for all parameters."""
+    """Opacus's ``add_noise`` with the Gaussian drawn from ``stream``: ``p.grad = p.summed_grad + noise``.
+
+    The noise is added chunk by chunk into the summed gradient itself
+    (:meth:`CsprngStream.add_gaussian_`), so a step never holds the float64 draws of all
+    parameters at once, nor a second parameter-sized buffer: Opacus discards ``summed_grad`` after
+    the step (``zero_grad``), and it is marked processed so it is never noised twice.
+    """
     multiplier = getattr(optimizer, "_adjusted_noise_multiplier", optimizer.noise_multiplier)
     std = float(multiplier) * float(optimizer.max_grad_norm)
     params = list(optimizer.params)
     for p in params:
         _check_processed_flag(p.summed_grad)
-    sizes = [p.summed_grad.numel() for p in params]
-    noise = stream.gaussian((sum(sizes),), std, dtype=torch.float64)
-    for p, chunk in zip(params, torch.split(noise, sizes), strict=True):
+    for p in params:
         summed = p.summed_grad
-        p.grad = (summed + chunk.to(summed.dtype).view_as(summed).to(summed.device)).view_as(p)
+        p.grad = stream.add_gaussian_(summed if summed.is_contiguous() else summed.contiguous(), std).view_as(p)
         _mark_as_processed(summed)
 
 

@@ -14,6 +14,10 @@ privacy report needs. Decisions made here on purpose:
   calibration, our DPOptimizer subclass and batch sampler). Only a pilot
   (``insecure_pilot=True``, the one way to pass ``seed``) uses Opacus's seedable PRNG, for
   reproducible experiments: it warns loudly and ``noise_source`` in the result says so.
+* **The architecture's clipping mode** (``clipping="auto"``, :mod:`client_agent.dp.step`):
+  one-pass book-keeping where every trained layer is an ``nn.Linear`` (``frozen-mlp``), per-pair
+  gradients elsewhere — the same flat per-pair clipping either way, so the same noise and ε;
+  only the cost differs.
 * **Poisson sampling**; an (astronomically rare) empty batch is skipped but still charged to
   the accountant, so the reported ε stays an upper bound.
 * **Guards**: parameters meant to train must move and stay finite after every epoch
@@ -37,15 +41,10 @@ from tqdm import tqdm
 from client_agent.dp.accounting import check_epsilon, recompute_epsilon
 from client_agent.dp.budget import PrivacyBudget, check_budget
 from client_agent.dp.guards import ParameterGuard
-from client_agent.dp.secure_engine import (
-    NOISE_SOURCE_PILOT,
-    NOISE_SOURCE_SECURE,
-    CsprngPrivacyEngine,
-    check_secure_pipeline,
-    poisson_loader,
-)
+from client_agent.dp.secure_engine import NOISE_SOURCE_PILOT, NOISE_SOURCE_SECURE
+from client_agent.dp.step import CLIPPING, Clipping, privatise
 from client_agent.errors import InvalidPrivacyParametersError, TrainingIntegrityError
-from client_agent.rewards.base import BradleyTerryLoss, RewardModel
+from client_agent.rewards.base import RewardModel
 from client_agent.rewards.opacus_check import check_privatizable
 from corpus.types import PreferencePair
 
@@ -54,7 +53,6 @@ ACCOUNTANTS = ("prv", "rdp")
 # no grad (frozen features), Opacus' secure-RNG notice (our own InsecurePilotWarning is louder
 # and is raised before this filter applies) and PRV's internal RDP bound on the domain size.
 _KNOWN_NOISE = ("Full backward hook is firing", "Secure RNG turned off", "Optimal order is the largest alpha")
-CLIPPING = ("flat", "ghost")
 
 
 class InsecurePilotWarning(UserWarning):
@@ -143,7 +141,7 @@ def train_private(
     accountant: Literal["prv", "rdp"] = "prv",
     secure_mode: bool = True,
     insecure_pilot: bool = False,
-    clipping: Literal["flat", "ghost"] = "flat",
+    clipping: Clipping = "auto",
     seed: int | None = None,
     progress: bool = True,
     approve: Callable[[float, float, int], None] | None = None,
@@ -153,8 +151,6 @@ def train_private(
     ``approve(noise_multiplier, sample_rate, planned_steps)`` is called once Opacus has calibrated
     the noise and before the first step; it raises to refuse the run (the lifetime budget check).
     """
-    from opacus import PrivacyEngine
-
     n = len(train_pairs)
     check_budget(budget, max_budget, n)
     _check_args(accountant, clipping, epochs, batch_size, max_grad_norm, n)
@@ -175,26 +171,10 @@ def train_private(
             torch.manual_seed(seed)
         tensors = model.featurize(train_pairs)
         loader = DataLoader(TensorDataset(*tensors), batch_size=batch_size)
-        if use_secure:  # Opacus keeps a loader it is given with poisson_sampling=False: ours samples
-            engine: PrivacyEngine = CsprngPrivacyEngine(accountant=accountant)
-            loader = poisson_loader(loader, engine.noise_stream)
-        else:
-            engine = PrivacyEngine(accountant=accountant, secure_mode=False)
-        criterion = BradleyTerryLoss()
-        model.train()
-        wrapped = engine.make_private_with_epsilon(
-            module=model, optimizer=optimizer, criterion=criterion, data_loader=loader,
-            target_epsilon=budget.epsilon, target_delta=budget.delta, epochs=epochs,
-            max_grad_norm=max_grad_norm, poisson_sampling=not use_secure, clipping="flat",
-            grad_sample_mode="ghost" if clipping == "ghost" else "hooks",
-        )
-        if clipping == "ghost":
-            private_model, dp_optimizer, dp_criterion, dp_loader = wrapped
-        else:
-            (private_model, dp_optimizer, dp_loader), dp_criterion = wrapped, criterion
-        if use_secure:
-            check_secure_pipeline(dp_optimizer, dp_loader)
-            private_model.forbid_grad_accumulation()  # what poisson_sampling=True would have set
+        parts = privatise(model=model, optimizer=optimizer, loader=loader, secure=use_secure, accountant=accountant,
+                          clipping=clipping, max_grad_norm=max_grad_norm,
+                          noise={"target_epsilon": budget.epsilon, "target_delta": budget.delta, "epochs": epochs})
+        engine, dp_optimizer, dp_loader = parts.engine, parts.optimizer, parts.loader
         if approve is not None:
             approve(float(dp_optimizer.noise_multiplier), 1.0 / len(dp_loader), epochs * len(dp_loader))
         sample_rate = 1.0 / len(loader)
@@ -212,17 +192,12 @@ def train_private(
                             engine.accountant.step(noise_multiplier=dp_optimizer.noise_multiplier,
                                                    sample_rate=sample_rate)
                             continue
-                        dp_optimizer.zero_grad(set_to_none=True)
-                        loss = dp_criterion(private_model(*batch))
-                        loss.backward()
-                        dp_optimizer.step()
-                        losses.append(float(loss.item()))
+                        losses.append(parts.step(batch))
                     guard.check(epoch)
                     epoch_losses.append(sum(losses) / max(len(losses), 1))
                     bar.set_postfix(epoch=epoch, loss=f"{epoch_losses[-1]:.4f}")
         finally:
-            private_model.to_standard_module()
-            dp_optimizer.zero_grad(set_to_none=True)
+            parts.release()
         model.eval()
 
     history = tuple((float(s), float(q), int(k)) for s, q, k in engine.accountant.history)
@@ -240,7 +215,7 @@ def train_private(
         accountant=accountant, noise_multiplier=float(dp_optimizer.noise_multiplier), sample_rate=sample_rate,
         steps=sum(k for _, _, k in history), epochs=epochs, dataset_size=n,
         expected_batch_size=int(dp_optimizer.expected_batch_size or 0), max_grad_norm=float(max_grad_norm),
-        clipping=clipping, secure_mode=use_secure, insecure_pilot=insecure_pilot, history=history,
+        clipping=parts.clipping, secure_mode=use_secure, insecure_pilot=insecure_pilot, history=history,
         epoch_losses=tuple(epoch_losses), empty_batches=empty, seconds=time.monotonic() - started,
         noise_source=NOISE_SOURCE_SECURE if use_secure else NOISE_SOURCE_PILOT,
     )

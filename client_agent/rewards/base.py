@@ -19,7 +19,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,9 @@ class RewardModel(nn.Module, ABC):
     """Scores (image, question, response) triples; trainable on preference pairs."""
 
     arch: ClassVar[str]
+    # How DP-SGD computes each pair's gradient norm under ``clipping = "auto"`` (client_agent.dp.step):
+    # a mode other than "flat" only where it supports every trainable layer *and* it measured cheaper.
+    dp_clipping: ClassVar[Literal["flat", "ghost", "bk"]] = "flat"
 
     # -- what each architecture defines ---------------------------------------------------------
     @abstractmethod

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from PIL import Image
@@ -25,6 +25,9 @@ class FrozenMLPReward(RewardModel):
     """``score = MLP([img, q, r, q*r])`` over frozen EfficientNet-lite0 + MiniLM features."""
 
     arch: ClassVar[str] = "frozen-mlp"
+    # two Linear layers on [B, K=2, features]: ghost norms cost B*K^2*(in+out), per-pair gradients B*in*out;
+    # book-keeping also skips the second backward pass (client_agent.dp.bookkeeping)
+    dp_clipping: ClassVar[Literal["flat", "ghost", "bk"]] = "bk"
 
     def __init__(
         self,

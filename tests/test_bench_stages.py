@@ -15,9 +15,10 @@ def _stamps(received: float, scored: float, sealed: float, receipted: float) -> 
     return {"received": received, "scored": scored, "sealed": sealed, "receipted": receipted}
 
 
-def test_critical_path_is_the_last_agent_to_be_receipted_and_stages_sum_to_the_round() -> None:
+def test_critical_path_is_the_last_agent_to_seal_and_stages_sum_to_the_round() -> None:
     clock = StageClock(router_s=0.25, features_s=0.5, fuse_start=9.0)
-    agents = {"fast": _stamps(0.5, 1.0, 1.1, 1.2), "slow": _stamps(1.0, 6.0, 6.5, 7.0)}
+    # the slow agent's receipt arrives after fusion began: the group commit woke the coordinator first
+    agents = {"fast": _stamps(0.5, 1.0, 1.1, 1.2), "slow": _stamps(1.0, 6.0, 6.5, 9.2)}
     stages = breakdown(0.0, 10.0, agents, clock)
     assert (stages["score"], stages["seal"]) == (5.0, 0.5)  # the slow agent's, not the fast one's
     assert stages["route"] == 0.75 and stages["open/fuse"] == pytest.approx(0.75)
@@ -27,7 +28,8 @@ def test_critical_path_is_the_last_agent_to_be_receipted_and_stages_sum_to_the_r
 
 @pytest.mark.parametrize("bad", [
     {"x": _stamps(2.0, 1.0, 3.0, 4.0)},  # scored before received
-    {"x": _stamps(1.0, 2.0, 3.0, 9.5)},  # receipted after fusion began
+    {"x": _stamps(1.0, 2.0, 9.5, 9.7)},  # sealed after fusion began
+    {"x": _stamps(1.0, 2.0, 3.0, 2.5)},  # receipted before it was sealed
 ])
 def test_stamps_out_of_order_are_refused(bad: dict[str, dict[str, float]]) -> None:
     with pytest.raises(ValueError, match="out of order"):

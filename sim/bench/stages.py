@@ -13,7 +13,10 @@ one machine:
   embedding, weights, weighted sum) wherever the coordinator calls it.
 
 The agents work in parallel, so the round's critical path runs through the *last* agent to
-get its receipt (``L``). Then, with ``t0``/``t1`` the bench's stamps around ``run_round``:
+seal its scores (``L``). Not the last to get its receipt: the group commit wakes the
+coordinator as soon as the last envelope is stored, so fusion may start while that receipt is
+still on its way back to the agent. Then, with ``t0``/``t1`` the bench's stamps around
+``run_round``:
 
 * ``score = scored_L - received_L``; ``seal = sealed_L - scored_L``;
 * ``route`` = router + prompt-feature seconds;
@@ -21,8 +24,7 @@ get its receipt (``L``). Then, with ``t0``/``t1`` the bench's stamps around ``ru
   key holder's round trip (fused-only), range checks, calibration, the ``round.fused`` audit
   entry and closing the round;
 * ``transfer`` = the rest of ``t1 - t0``: issuing the round, the long-poll delivery, TLS +
-  HTTP both ways, the server's verification/storage/receipt, the coordinator's poll wake-up
-  and its re-verification of the stored envelopes.
+  HTTP to the server, its verification and group commit, and the coordinator's wake-up.
 
 The five add up to ``t1 - t0`` by construction; :func:`breakdown` checks the stamps are in
 order so that a stage can never be negative by accident.
@@ -132,16 +134,18 @@ def breakdown(t0: float, t1: float, agents: Mapping[str, Mapping[str, float]], c
     """Seconds per stage of one round (see the module docstring); ValueError if the stamps are out of order.
 
     >>> c = StageClock(router_s=0.1, features_s=0.2, fuse_start=10.0)
-    >>> a = {"x": {"received": 1.0, "scored": 5.0, "sealed": 5.5, "receipted": 6.0}}
+    >>> a = {"x": {"received": 1.0, "scored": 5.0, "sealed": 5.5, "receipted": 10.5}}
     >>> {k: round(v, 3) for k, v in breakdown(0.0, 11.0, a, c).items()}
     {'score': 4.0, 'seal': 0.5, 'transfer': 5.3, 'open/fuse': 0.9, 'route': 0.3, 'round': 11.0}
     """
     if not agents or clock.fuse_start is None:
         raise ValueError("no agent stamps or fusion never started: the round was not fused")
-    last = max(agents.values(), key=lambda s: s["receipted"])
-    order = [t0, last["received"], last["scored"], last["sealed"], last["receipted"], clock.fuse_start, t1]
+    last = max(agents.values(), key=lambda s: s["sealed"])
+    order = [t0, last["received"], last["scored"], last["sealed"], clock.fuse_start, t1]
     if any(b < a for a, b in zip(order, order[1:], strict=False)):
         raise ValueError(f"stage stamps out of order: {order}")
+    if any(s["receipted"] < s["sealed"] for s in agents.values()):
+        raise ValueError(f"stage stamps out of order: a receipt before its seal: {dict(agents)}")
     stages = {"score": last["scored"] - last["received"], "seal": last["sealed"] - last["scored"],
               "open/fuse": (t1 - clock.fuse_start) - clock.router_s,
               "route": clock.router_s + clock.features_s}

@@ -27,7 +27,8 @@ exception class under ``server/`` that is not in this drawing or not under ``Ser
      ├── ConfigError              a server / key-holder TOML config is missing, malformed or invalid
      ├── KeyHolderError           the fused-only key holder refused or could not be reached
      └── StateError               the state store refused: a schema newer than this software, a
-                                  backup that does not verify, a restore that would lose newer state
+          │                       backup that does not verify, a restore that would lose newer state
+          └── TaskClosedError     a submission's task closed (its round fused) before it was stored
 
 Two deliberate roots outside the tree:
 
@@ -116,6 +117,10 @@ class KeyHolderError(ServerError):
 
 class StateError(ServerError):
     """The state database or a backup of it cannot be used as asked (the message says why and what to do)."""
+
+
+class TaskClosedError(StateError):
+    """A submission's task closed between the route's check and the storing transaction (rolls it back)."""
 
 
 class ShutdownRequested(BaseException):  # noqa: N818 - a request, like KeyboardInterrupt

@@ -39,6 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError as SQLIntegrityError
 
+from server.errors import TaskClosedError
 from server.round_events import RoundEvents
 from server.state_files import open_engine, prepare_schema
 
@@ -164,10 +165,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 _OPEN_TASK = ("pending", "delivered")
 
 
-class _TaskClosedError(Exception):
-    """Rolls a submission's transaction back: its task closed between the route's check and the commit."""
-
-
 def _mark_submitted(conn: Connection, task_ids: list[str]) -> None:
     """Flip open tasks to ``submitted`` — inside the storing transaction, and only if all are still open.
 
@@ -178,7 +175,7 @@ def _mark_submitted(conn: Connection, task_ids: list[str]) -> None:
     flipped = conn.execute(update(tasks).where(tasks.c.task_id.in_(task_ids) & tasks.c.status.in_(_OPEN_TASK))
                            .values(status="submitted")).rowcount
     if flipped != len(set(task_ids)):
-        raise _TaskClosedError()
+        raise TaskClosedError(f"tasks closed before their submissions were stored: {sorted(set(task_ids))}")
 
 
 class StateStore:
@@ -365,7 +362,7 @@ class StateStore:
                     envelope=_json_text(envelope), receipt=json.dumps(receipt), received_at=now,
                 ))
                 _mark_submitted(conn, [task_id])
-        except (SQLIntegrityError, _TaskClosedError):
+        except (SQLIntegrityError, TaskClosedError):
             return False
         return True
 
@@ -423,7 +420,7 @@ class StateStore:
                         "envelope_sha256": a["envelope_sha256"], "envelope": _json_text(a["envelope"]),
                         "receipt": json.dumps(a["receipt"]), "received_at": a["now"]} for a in accepted])
                     _mark_submitted(conn, [a["task_id"] for a in accepted])
-        except (SQLIntegrityError, _TaskClosedError):
+        except (SQLIntegrityError, TaskClosedError):
             return False
         return True
 

@@ -17,7 +17,7 @@ from client_agent.errors import CheckpointError, RewardModelError
 from client_agent.rewards.opacus_check import UnsupportedLayerError, privatisation_problems
 from client_agent.rewards.registry import build_reward_model, load_reward_model, model_param_problems
 from corpus.builders import build_client_pairs
-from embed.encoders import default_text_model_path
+from sim.bench.hf_checkpoints import wordpiece_tokenizer
 
 BUDGET = PrivacyBudget(epsilon=4.0, delta=1e-3)
 
@@ -25,15 +25,6 @@ BUDGET = PrivacyBudget(epsilon=4.0, delta=1e-3)
 @pytest.fixture(scope="module")
 def pairs():
     return build_client_pairs("medical", 48, seed=0)
-
-
-def _tokenizer(extra: list[str] | None = None):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(default_text_model_path()), local_files_only=True)
-    if extra:
-        tok.add_special_tokens({"additional_special_tokens": extra})
-    return tok
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +36,7 @@ def build_tiny_llama(path: Path) -> Path:
     """A decoder LM checkpoint (LlamaForCausalLM): AutoModelForSequenceClassification adds the score head."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = _tokenizer()
+    tok = wordpiece_tokenizer()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -67,7 +58,7 @@ def tiny_llava(tmp_path_factory) -> Path:
     )
 
     path = tmp_path_factory.mktemp("tiny-llava")
-    tok = _tokenizer(["<image>"])
+    tok = wordpiece_tokenizer(["<image>"])
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=32, patch_size=8, projection_dim=32)
     text = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 
-def _tokenizer(extra: list[str] | None = None) -> Any:
+def wordpiece_tokenizer(extra: list[str] | None = None) -> Any:
+    """The bundled MiniLM's WordPiece tokenizer, with ``extra`` special tokens (e.g. an image placeholder)."""
     from transformers import AutoTokenizer
 
     from embed.encoders import default_text_model_path
@@ -42,7 +43,7 @@ def build_text_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0) -> 
     """A decoder LM checkpoint in ``path`` for ``hf-text``; returns ``path``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = _tokenizer()
+    tok = wordpiece_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, pad_token_id=tok.pad_token_id, **_size(smoke))
     with torch.random.fork_rng():
@@ -63,7 +64,7 @@ def build_vlm_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0) -> P
         Qwen2Config,
     )
 
-    tok = _tokenizer(["<image>"])
+    tok = wordpiece_tokenizer(["<image>"])
     side, patch = 64, 16  # 16 image tokens (+1 CLS the processor accounts for)
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                               image_size=side, patch_size=patch, projection_dim=64)

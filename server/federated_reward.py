@@ -10,6 +10,8 @@ back in the items' order, which *is* TRL's order.
 Where the coordinator runs is the transport's business (:mod:`server.round_transport`): in
 this process (``mor server run``) or in the service, over mutual TLS (``mor server train``,
 one reward call per rank per step, keyed ``(run, step, rank)``). This class is the same for both.
+With scoring overlapped (:mod:`server.grpo_overlap`) calls for different steps' slices run at
+the same time on worker threads, so the bookkeeping below is under a lock.
 
 A round below quorum returns ``None`` for every completion: TRL then gives those completions
 zero advantage (the step only pays the KL term) — the step is skipped, never fused.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +79,7 @@ class FederatedReward:
         self.max_response_chars = max_response_chars
         self.calls = 0
         self.results: list[RoundResult] = []
+        self._lock = threading.Lock()
 
     def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: Any = None, *,
                  prompt_id: Sequence[str], log_metric: MetricFn | None = None, trainer_state: Any = None,
@@ -91,10 +95,11 @@ class FederatedReward:
                  for pid, c in zip(prompt_id, completions, strict=True)]
         key = RoundKey(self.run_id, int(getattr(trainer_state, "global_step", self.calls)), self.rank)
         result = self.transport.score(key, order, items)
-        self.calls += 1
-        self.results.append(result)
         rewards: list[float | None] = list(result.rewards) if result.rewards is not None else [None] * len(completions)
-        self._log(result, rewards, trainer_state, log_metric)
+        with self._lock:
+            self.calls += 1
+            self.results.append(result)
+            self._log(result, rewards, trainer_state, log_metric)
         return rewards
 
     def _log(self, result: RoundResult, rewards: Sequence[float | None], trainer_state: Any,

@@ -20,6 +20,10 @@ function returns, and report. Why these choices:
 - A clean stop (``stop`` returns a reason, e.g. after SIGTERM) is honoured at a step
   boundary by a TrainerCallback: the step in flight finishes (its federated round was paid
   for), a checkpoint is saved whatever ``save_steps`` says, and the result says where and why.
+- Scoring is overlapped with generation by default (``overlap_scoring``): each step's slice of
+  a generation batch is sent to the reward function as soon as it is generated, on a worker
+  thread, while TRL generates the next slice and computes log-probabilities
+  (:mod:`server.grpo_overlap`, which says why this keeps every reward on its own completion).
 
 The reward function is the server's hook: one call = one batch of G completions per prompt,
 which the server turns into one federated scoring round. It receives TRL's keyword columns
@@ -49,6 +53,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from corpus.types import Prompt
 from server.errors import GRPOConfigError, RewardError
+from server.grpo_overlap import OverlapRecord, ScoringPipeline, overlapped_trainer
 from server.vlm.families import LANGUAGE_MODEL_ATTENTION, DType, check_trainable
 from server.vlm.load import load_processor
 
@@ -79,11 +84,14 @@ class GRPORunConfig:
     dtype: DType = "float32"
     device: str = "auto"  # auto | cpu | cuda
     attn_implementation: str | None = None  # None: transformers' default for the family
+    steps_per_generation: int = 1  # TRL's: one generation batch (and one round per step's slice) feeds S steps
+    overlap_scoring: bool = True  # start each slice's round as soon as it is generated (server.grpo_overlap)
 
     def __post_init__(self) -> None:
         if not (self.beta > 0 and math.isfinite(self.beta)):
             raise GRPOConfigError(f"beta={self.beta}: must be > 0 (the KL penalty to the frozen reference is required)")
-        for name in ("group_size", "max_steps", "max_completion_length", "per_device_batch", "save_steps", "lora_r"):
+        for name in ("group_size", "max_steps", "max_completion_length", "per_device_batch", "save_steps", "lora_r",
+                     "steps_per_generation"):
             if getattr(self, name) < 1:
                 raise GRPOConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.group_size < 2:
@@ -109,6 +117,7 @@ class GRPOResult:
     global_step: int = 0
     stopped_reason: str | None = None
     final_lora: dict[str, torch.Tensor] = field(default_factory=dict)  # this process's LoRA tensors at the end
+    overlap: list[OverlapRecord] = field(default_factory=list)  # per generation batch: round time, time TRL waited
 
 
 class _StepMetrics(TrainerCallback):
@@ -181,10 +190,13 @@ def run_grpo(
     resume: bool = True,
     step_logger: StepLogger | None = None,
     stop: StopCheck = lambda: None,
+    overlap_when: Callable[[int], bool] = lambda _step: True,
 ) -> GRPOResult:
     """Train the policy at ``model_path`` with GRPO for ``config.max_steps`` (total, across resumes).
 
     ``stop`` is asked after every step; a reason ends the run there (see the module docstring).
+    With ``config.overlap_scoring``, ``overlap_when(step)`` picks the generation batches that are
+    overlapped (all by default; the bench alternates to time both in one run).
     """
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
@@ -221,6 +233,7 @@ def run_grpo(
         report_to=[],
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        steps_per_generation=config.steps_per_generation,
     )
     peft_config = None
     if config.use_lora:
@@ -230,19 +243,24 @@ def run_grpo(
     torch.manual_seed(config.seed)  # LoRA init is then the same on every (re)start: the delta is vs. the true start
     steps: list[dict[str, Any]] = []
     stopper = _StopAtStepBoundary(stop)
-    trainer = GRPOTrainer(
-        model=str(model_path),
-        reward_funcs=[_checked(reward_fn)],
-        args=args,
-        train_dataset=_dataset(prompts),
-        processing_class=load_processor(Path(model_path)),
-        peft_config=peft_config,
-        callbacks=[_StepMetrics(steps, step_logger), stopper],
-    )
+    checked = _checked(reward_fn)
+    pipeline = ScoringPipeline(checked, slices=config.steps_per_generation, overlap_when=overlap_when) \
+        if config.overlap_scoring else None
+    kwargs: dict[str, Any] = dict(
+        model=str(model_path), args=args, train_dataset=_dataset(prompts), peft_config=peft_config,
+        processing_class=load_processor(Path(model_path)), callbacks=[_StepMetrics(steps, step_logger), stopper])
+    if pipeline is None:
+        trainer = GRPOTrainer(reward_funcs=[checked], **kwargs)
+    else:
+        trainer = overlapped_trainer(pipeline, reward_funcs=[pipeline.reward_function()], **kwargs)
     policy: Any = trainer.model
     initial = _lora_weights(policy)
     last = get_last_checkpoint(str(config.output_dir)) if resume and config.output_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    try:
+        trainer.train(resume_from_checkpoint=last)
+    finally:
+        if pipeline is not None:
+            pipeline.close()
     final = _lora_weights(policy)
     delta = math.sqrt(sum(float((final[n] - initial[n]).pow(2).sum()) for n in final))
     step = int(trainer.state.global_step)
@@ -252,4 +270,5 @@ def run_grpo(
         out = config.output_dir / "final"
         trainer.save_model(str(out))
     return GRPOResult(adapter_path=out, steps=steps, lora_delta_norm=delta, resumed_from=Path(last) if last else None,
-                      global_step=step, stopped_reason=stopper.reason, final_lora=final)
+                      global_step=step, stopped_reason=stopper.reason, final_lora=final,
+                      overlap=list(pipeline.records) if pipeline is not None else [])

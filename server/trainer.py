@@ -330,6 +330,8 @@ def train_policy(config: TrainingSection, prompts: Sequence[Prompt], reward: Rew
                              learning_rate=config.learning_rate, max_completion_length=config.max_completion_length,
                              use_lora=config.use_lora, seed=config.seed, dtype=config.dtype, device=config.device,
                              attn_implementation=config.attn_implementation,
-                             lora_targets=config.lora_target_modules),
+                             lora_targets=config.lora_target_modules,
+                             steps_per_generation=config.steps_per_generation,
+                             overlap_scoring=config.overlap_scoring),
     )
     return result, metrics

@@ -41,6 +41,12 @@ class TrainingSection(FrozenConfig):
     beta: float = Field(default=0.04, gt=0, description="KL weight to the frozen reference (must be > 0)")
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     max_completion_length: int = Field(default=32, ge=1)
+    steps_per_generation: int = Field(
+        default=1, ge=1, description="TRL's: one generation batch feeds this many optimisation steps (later steps "
+                                     "off-policy, corrected by TRL's importance ratio); one round per step's slice")
+    overlap_scoring: bool = Field(
+        default=True, description="start each slice's federated round as soon as it is generated, while the next "
+                                  "slice is generated and log-probabilities computed (server/grpo_overlap.py)")
     use_lora: bool = True
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="policy weights; bfloat16/float16 also switch on that mixed precision")

@@ -16,7 +16,16 @@ what each buys is measured, per attack, for 1 attacker among 3 and among 8 membe
     ``weighted`` (the router's weighted sum), ``trimmed`` (per item, ``trim`` highest and
     ``trim`` lowest members dropped, the rest weighted) or ``median`` (router-weighted median).
 
-``clip_z`` and robust aggregates are non-linear in each member's score; under ``fused-only``
+``group_normalise``
+    Each member's calibrated scores re-standardised within each GRPO group (the answers to one
+    prompt) before mixing, so one member's spread on a prompt cannot dominate the advantages.
+``disagreement_penalty``
+    ``lam`` in "router-weighted mean minus ``lam`` x router-weighted std across members"
+    (conservative mixing, Coste et al. 2024); 0 (off) is the plain weighted sum.
+
+Both are measured against the alternatives by ``mor eval`` (``docs/eval.md``).
+
+``clip_z``, robust aggregates and both mixing options are non-linear in each member's score; under ``fused-only``
 the server only opens ``sum w_k * score_k`` computed over ciphertexts, so they cannot apply
 there and the policy refuses them rather than pretend.
 
@@ -46,6 +55,8 @@ class Fusion(Section):
     clip_z: float | None = Field(default=None, gt=0, le=1000)
     aggregate: Literal["weighted", "trimmed", "median"] = "weighted"
     trim: int | None = Field(default=None, ge=1, le=100)  # aggregate = "trimmed" only; unset there means 1
+    group_normalise: bool = False
+    disagreement_penalty: float = Field(default=0.0, ge=0, le=10)
 
     @property
     def trim_each_end(self) -> int:
@@ -57,6 +68,10 @@ class Fusion(Section):
         if self.trim is not None and self.aggregate != "trimmed":
             raise rule("fusion.trim", f"applies only to aggregate = 'trimmed' (aggregate is {self.aggregate!r}): "
                                       "remove it or set aggregate = 'trimmed'")
+        if self.disagreement_penalty and self.aggregate != "weighted":
+            raise rule("fusion.disagreement_penalty",
+                       f"replaces the weighted sum, so it cannot be combined with aggregate = {self.aggregate!r}: "
+                       "set it to 0 or use aggregate = 'weighted'")
         return self
 
 
@@ -69,6 +84,10 @@ def check_fusion_fits(fusion: Fusion, *, mode: str, quorum: int) -> None:
             raise rule("fusion.clip_z", f"clipping {why}")
         if fusion.aggregate != "weighted":
             raise rule("fusion.aggregate", f"{fusion.aggregate!r} {why}")
+        if fusion.group_normalise:
+            raise rule("fusion.group_normalise", f"normalising each member within a GRPO group {why}")
+        if fusion.disagreement_penalty:
+            raise rule("fusion.disagreement_penalty", f"the spread across members {why}")
     cap = fusion.max_member_weight
     if cap is not None and cap * quorum < 1:
         raise rule("fusion.max_member_weight",

@@ -25,7 +25,9 @@ checks each agent's own signature on a ``calibrate-``/``router-`` round id befor
 anything (:mod:`server.keyholder.public_rounds`). Score rounds stay fused in every case.
 
 Robust options (the policy's ``[fusion]``: clip calibrated scores, trimmed or median aggregate,
-:mod:`server.robust_fusion`) apply where per-agent vectors are plaintext; the per-member weight
+:mod:`server.robust_fusion`) and the mixing rules (group normalisation, whose groups are the items
+sharing one prompt feature row, and the disagreement penalty, :mod:`server.router.mixing`) apply
+where per-agent vectors are plaintext; the per-member weight
 cap wraps the router instead (:mod:`server.router.capped`) and so holds in every mode.
 
 The policy's score range is enforced per agent where scores are visible (``refuse``: the
@@ -56,6 +58,7 @@ from server.agent_vectors import decrypt_vectors, plain_vectors
 from server.errors import FusionError, PrivacyModeError
 from server.robust_fusion import NO_ROBUSTNESS, RobustFusion
 from server.router.base import RouterBase
+from server.router.mixing import feature_groups
 from server.services import AuditTrail
 from wire.calibration import IDENTITY, Calibration
 
@@ -183,8 +186,9 @@ def fuse_vectors(router: RouterBase, inp: FusionInput, vectors: Mapping[str, Seq
     if not used:
         return FusionOutcome([None] * inp.n_items, (), {}, refused, clipped, (), decryptions)
     weights = router.weights(inp.features, list(used))
-    fused = (router.fuse(inp.features, calibrated) if robust.aggregate == "weighted" else
-             robust.combine(weights, torch.stack([calibrated[a] for a in used], dim=1)))
+    fused = (router.fuse(inp.features, calibrated) if robust.is_plain else
+             robust.combine(weights, torch.stack([calibrated[a] for a in used], dim=1),
+                            feature_groups(inp.features) if robust.group_normalise else None))
     return FusionOutcome(
         rewards=[float(v) for v in fused.tolist()], agents_used=used, weights=_mean_weights(weights, used),
         refused=refused, clipped=clipped, uncalibrated=tuple(a for a in used if a not in inp.calibrations),

@@ -44,7 +44,8 @@ def open_privacy_mode(config: ServerConfig, policy: Policy, *, audit: AuditTrail
     the trainer — close the result at shutdown. ConfigError names the file and the key.
     """
     scores = ScoreRange(policy.scores.min, policy.scores.max, policy.scores.out_of_range)
-    robust = RobustFusion(policy.fusion.clip_z, policy.fusion.aggregate, policy.fusion.trim_each_end)
+    robust = RobustFusion(policy.fusion.clip_z, policy.fusion.aggregate, policy.fusion.trim_each_end,
+                          policy.fusion.group_normalise, policy.fusion.disagreement_penalty)
     name = policy.privacy.mode
     if MODES[name] is CkksMode:
         counted = getattr(audit, "logged_decryptions", None)  # earlier runs' decryptions, from the log

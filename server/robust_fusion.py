@@ -23,6 +23,13 @@ over ciphertexts (CKKS adds and multiplies by plaintext; it cannot compare or so
 :meth:`RobustFusion.refusal_for` names what a mode cannot apply, and the mode objects refuse
 it at construction (:class:`~server.errors.PrivacyModeError`) rather than silently ignoring it.
 
+Two *mixing* options (issue #17, :mod:`server.router.mixing`) ride on the same object because
+they too transform plaintext per-member scores: ``group_normalise`` (each member's scores
+re-standardised within each GRPO group before mixing; the groups are the items sharing one
+prompt, i.e. one router feature row) and ``disagreement_penalty`` (router-weighted mean minus
+``lam`` x router-weighted std across members). The penalty replaces the weighted sum, so it
+cannot be combined with a trimmed or median aggregate.
+
 Invalid settings are a :class:`~server.errors.FusionError` (like
 :class:`server.fusion.ScoreRange`); the policy schema validates the same ranges first, so an
 operator meets them as policy errors naming the key.
@@ -37,7 +44,8 @@ from typing import Literal, get_args
 
 import torch
 
-from server.errors import FusionError
+from server.errors import FusionError, RouterConfigError
+from server.router.mixing import MixingRule, normalise_within_groups
 
 Aggregate = Literal["weighted", "trimmed", "median"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
@@ -51,8 +59,17 @@ class RobustFusion:
     clip_z: float | None = None
     aggregate: Aggregate = "weighted"
     trim: int = 1
+    group_normalise: bool = False
+    disagreement_penalty: float = 0.0
 
     def __post_init__(self) -> None:
+        try:
+            MixingRule(self.group_normalise, self.disagreement_penalty)
+        except RouterConfigError as exc:
+            raise FusionError(f"robust fusion: {exc}") from None
+        if self.disagreement_penalty and self.aggregate != "weighted":
+            raise FusionError(f"robust fusion: disagreement_penalty replaces the weighted sum; it cannot be combined "
+                              f"with aggregate = {self.aggregate!r}")
         if self.clip_z is not None and not (isinstance(self.clip_z, int | float) and math.isfinite(self.clip_z)
                                             and self.clip_z > 0):
             raise FusionError(f"robust fusion: clip_z must be a finite number > 0 or None, got {self.clip_z!r}")
@@ -62,9 +79,18 @@ class RobustFusion:
             raise FusionError(f"robust fusion: trim must be an integer >= 1, got {self.trim!r}")
 
     @property
+    def mixing(self) -> MixingRule:
+        return MixingRule(self.group_normalise, self.disagreement_penalty)
+
+    @property
+    def is_plain(self) -> bool:
+        """True when the fused reward is the router's plain weighted sum (no aggregate or mixing option)."""
+        return self.aggregate == "weighted" and self.mixing.is_plain
+
+    @property
     def needs_plaintext(self) -> bool:
-        """Does any option need each member's plaintext score (true for clipping and robust aggregates)?"""
-        return self.clip_z is not None or self.aggregate != "weighted"
+        """Does any option need each member's plaintext score (clipping, robust aggregates, mixing rules)?"""
+        return self.clip_z is not None or not self.is_plain
 
     def refusal_for(self, mode: str, *, per_member_plaintext: bool) -> str | None:
         """Why ``mode`` cannot apply these options (None: it can); the mode objects raise it."""
@@ -72,6 +98,8 @@ class RobustFusion:
             return None
         wanted = [f"clip_z = {self.clip_z}"] if self.clip_z is not None else []
         wanted += [f"aggregate = {self.aggregate!r}"] if self.aggregate != "weighted" else []
+        wanted += ["group_normalise = true"] if self.group_normalise else []
+        wanted += [f"disagreement_penalty = {self.disagreement_penalty:g}"] if self.disagreement_penalty else []
         return (f"{mode}: {' and '.join(wanted)} need each member's plaintext score, and this mode only ever opens "
                 "the weighted sum of ciphertexts; use max_member_weight (router weights are plaintext), or a mode "
                 "where the server sees per-member vectors (ckks)")
@@ -90,14 +118,22 @@ class RobustFusion:
             out[agent] = z.clamp(-bound, bound)
         return out, counts
 
-    def combine(self, weights: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """``[B]`` fused rewards from ``[B, k]`` router weights (rows sum to 1) and ``[B, k]`` calibrated scores."""
+    def combine(self, weights: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """``[B]`` fused rewards from ``[B, k]`` router weights (rows sum to 1) and ``[B, k]`` calibrated scores.
+
+        ``groups`` (``[B]`` group index per item) is needed when ``group_normalise`` is set.
+        """
         if weights.shape != scores.shape or weights.dim() != 2:
             raise FusionError(f"robust fusion: weights {list(weights.shape)} and scores {list(scores.shape)} "
                               "must both be [items, members]")
+        if self.group_normalise and groups is None:
+            raise FusionError("robust fusion: group_normalise needs each item's group")
         w, s = weights.to(torch.float64), scores.to(torch.float64)
         if self.aggregate == "weighted":
-            return (w * s).sum(dim=1)
+            return self.mixing.mix(w, s, groups)
+        if self.group_normalise:
+            s = normalise_within_groups(s, groups)  # type: ignore[arg-type]  # checked above
         if self.aggregate == "median" or s.shape[1] <= 2 * self.trim:
             return weighted_median(w, s)
         return trimmed_mean(w, s, self.trim)

@@ -159,5 +159,6 @@ def test_public_api_is_exactly_what_all_exports() -> None:
     import server.router as package
 
     public = {n for n in vars(package) if not n.startswith("_")} - {
-        "base", "capped", "errors", "features", "fixed", "learned", "membership", "registry", "training"}
+        "base", "capped", "errors", "features", "fixed", "learned", "membership", "mixing", "online", "registry",
+        "shrunk", "training"}
     assert set(package.__all__) == public

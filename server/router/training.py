@@ -154,7 +154,9 @@ def _split(data: RouterTrainingSet, val_fraction: float, gen: torch.Generator) -
     return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
 
 
-def _margins(router: TrainableRouter, data: RouterTrainingSet, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def bt_margins(router: TrainableRouter, data: RouterTrainingSet, idx: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused chosen-minus-rejected margins and the weights used, for the pairs ``idx``."""
     w = router.masked_weights(data.features[idx], data.mask[idx])
     chosen = (w * data.chosen[idx].nan_to_num()).sum(1)
     rejected = (w * data.rejected[idx].nan_to_num()).sum(1)
@@ -195,14 +197,14 @@ def fit_router(router: TrainableRouter, data: RouterTrainingSet, config: RouterF
     for epoch in bar:
         router.train(True)
         for batch in train_idx[torch.randperm(len(train_idx), generator=gen)].split(config.batch_size):
-            margin, w = _margins(router, data, batch)
+            margin, w = bt_margins(router, data, batch)
             loss = _bt_loss(router, margin) - config.entropy_coef * _entropy(w).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         router.train(False)
         with torch.no_grad():
-            val_loss = float(_bt_loss(router, _margins(router, data, val_idx)[0]))
+            val_loss = float(_bt_loss(router, bt_margins(router, data, val_idx)[0]))
         bar.set_postfix(val_bt_loss=f"{val_loss:.4f}")
         if val_loss < best[0] - 1e-6:
             best = (val_loss, epoch, copy.deepcopy(router.state_dict()))
@@ -216,8 +218,8 @@ def fit_router(router: TrainableRouter, data: RouterTrainingSet, config: RouterF
 def _report(router: TrainableRouter, data: RouterTrainingSet, train_idx: torch.Tensor, val_idx: torch.Tensor,
             config: RouterFitConfig, *, epochs_run: int, best_epoch: int) -> RouterFitReport:
     with torch.no_grad():
-        train_margin, _ = _margins(router, data, train_idx)
-        val_margin, val_w = _margins(router, data, val_idx)
+        train_margin, _ = bt_margins(router, data, train_idx)
+        val_margin, val_w = bt_margins(router, data, val_idx)
         all_w = router.masked_weights(data.features, data.mask)
         present = data.mask[val_idx].double()
         uniform = present / present.sum(1, keepdim=True)

@@ -9,16 +9,23 @@ runs the round. Both federated variants share one service (real API thread, stat
 log, CKKS) and the same three synthetic member processes answering over mTLS, so their ratio is
 what the split itself costs per step.
 
-Overlap of scoring with generation: none. TRL 1.16 computes rewards inside
-``GRPOTrainer._generate_and_score_completions`` after generation and the reference model's
-forward pass, and waits for them (an ``async def`` reward function runs on TRL's event loop,
-concurrently with the *other* reward functions only); the next batch is generated after the
-optimizer step. So the figures are with scoring on the critical path, stated as such.
+Overlap of scoring with generation (issue 16 §2, :mod:`server.grpo_overlap`): the trainer-apart
+reward runs twice in the same GRPO run, *sequential* (TRL's reward call opens the round and
+waits, as before) and *overlapped* (each step's slice of the generation batch is sent the
+moment it is decoded, while the next slice is generated and the log-probabilities computed).
+Variants alternate per generation batch, not per reward call, since an overlapped batch makes
+one round per step's slice. Two runs per repeat: ``steps_per_generation`` 1 (the round can
+only hide behind the log-probability forward passes) and :data:`SPG` (it also hides behind the
+next slices' generation). Per batch the section records the rounds' wall time and how long
+TRL's reward call still waited (:class:`~server.grpo_overlap.OverlapRecord`): the share of the
+round hidden is ``1 - exposed / round``.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,15 +39,17 @@ from server.rounds import RoundCoordinator, RoundPolicy
 from server.router import LearnedRouter
 from server.trainer_rounds import TrainerRounds
 from sim.bench.fleet import agent_names, bench_pki, start_agents, start_server
-from sim.bench.grpo_step import FEATURE_DIM, SECTION, _run, features, in_process_reward
+from sim.bench.grpo_step import FEATURE_DIM, SECTION, features, in_process_reward
 from sim.bench.stats import Figure, paired
 from sim.errors import BenchMeasurementError
 
 DEADLINE_S = 60.0
+SPG = 4  # steps_per_generation of the second run
+APART, OVERLAPPED, LOCAL = "trainer apart", "trainer apart, overlapped", "coordinator in the trainer"
 
 
-def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], http: httpx.Client
-              ) -> tuple[dict[str, Callable[..., Any]], list[FederatedReward]]:
+def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], http: httpx.Client, run_id: str,
+              *, local_too: bool) -> tuple[dict[str, Callable[..., Any]], list[FederatedReward]]:
     router = LearnedRouter(tuple(members), feature_dim=FEATURE_DIM, hidden=16, seed=1)  # as section 6's, here's members
     coordinator = RoundCoordinator(state=server.state, audit=server.audit, privacy=server.services.privacy,
                                    router=router, policy=RoundPolicy(quorum=3, deadline_s=DEADLINE_S),
@@ -48,16 +57,55 @@ def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], ht
     rounds = TrainerRounds(audit=server.audit, deadline_s=DEADLINE_S)
     rounds.set_ready(coordinator, prompts)
     server.api.server.config.app.state.trainer_rounds = rounds  # what `serve --training` attaches
-    local = FederatedReward(coordinator, prompts)
-    remote = FederatedReward(RemoteRounds(http, poll_wait_s=10.0), prompts, run_id="bench")
-    return {"in-process": in_process_reward(prompts), "federated": local, "federated, trainer apart": remote}, \
-        [local, remote]
+    remote = [FederatedReward(RemoteRounds(http, poll_wait_s=10.0), prompts, run_id=f"{run_id}-{k}") for k in (0, 1)]
+    variants: dict[str, Callable[..., Any]] = {"in-process": in_process_reward(prompts), APART: remote[0],
+                                               OVERLAPPED: remote[1]}
+    if local_too:
+        variants[LOCAL] = FederatedReward(coordinator, prompts)
+    return variants, [v for v in variants.values() if isinstance(v, FederatedReward)]
+
+
+def _run_batches(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Callable[..., Any]], out: Path,
+                 rounds: int, spg: int) -> dict[str, dict[str, float]]:
+    """One GRPO run; generation batch j (``spg`` steps) uses variant j mod V, batch 0 (warm-up) dropped.
+
+    Returns per variant the median step time, and the median round wall time and time TRL's
+    reward call waited per batch.
+    """
+    from server.grpo import GRPORunConfig, run_grpo
+
+    names = list(variants)
+
+    def variant_of(step: int) -> str:
+        return names[(step // spg) % len(names)]
+
+    def reward(*args: Any, trainer_state: Any, **kwargs: Any) -> Any:
+        return variants[variant_of(int(trainer_state.global_step))](*args, trainer_state=trainer_state, **kwargs)
+
+    reward.__name__ = "bench_reward"
+    stamps: list[float] = []
+    batches = 1 + rounds * len(names)
+    config = GRPORunConfig(output_dir=out, max_steps=batches * spg, group_size=4, per_device_batch=8,
+                           max_completion_length=16, save_steps=10_000, seed=0, steps_per_generation=spg)
+    result = run_grpo(model_path=policy, prompts=prompts, reward_fn=reward, config=config, resume=False,
+                      step_logger=lambda _record: stamps.append(time.perf_counter()),
+                      overlap_when=lambda step: variant_of(step) == OVERLAPPED)
+    if len(stamps) != batches * spg or len(result.overlap) != batches:
+        raise BenchMeasurementError(f"GRPO run logged {len(stamps)} steps and {len(result.overlap)} reward calls, "
+                                    f"expected {batches * spg} and {batches}")
+    samples: dict[str, dict[str, list[float]]] = {n: {"step": [], "round": [], "exposed": []} for n in names}
+    for record in result.overlap[1:]:
+        j = record.step // spg
+        got = samples[variant_of(record.step)]
+        got["step"].append((stamps[(j + 1) * spg - 1] - stamps[j * spg - 1]) / spg)
+        got["round"].append(record.round_s)
+        got["exposed"].append(record.exposed_s)
+    return {n: {k: statistics.median(v) for k, v in got.items()} for n, got in samples.items()}
 
 
 def measure(*, policy: Path, prompts: Sequence[Prompt], repeats: int, rounds: int) -> list[Figure]:
-    """Per repeat one GRPO run alternating the three variants; figures paired per repeat."""
-    steps: dict[str, list[float]] = {}
-    calls: dict[str, list[float]] = {}
+    """Per repeat two GRPO runs (steps_per_generation 1 and :data:`SPG`) alternating the variants per batch."""
+    runs: dict[int, dict[str, dict[str, list[float]]]] = {1: {}, SPG: {}}
     federated: list[FederatedReward] = []
     with tempfile.TemporaryDirectory(prefix="mor-bench-split-") as tmp_name:
         tmp = Path(tmp_name)
@@ -70,12 +118,14 @@ def measure(*, policy: Path, prompts: Sequence[Prompt], repeats: int, rounds: in
                 agent.send({"cmd": "work", "max_s": 3600})
             with httpx.Client(base_url=server.url, verify=trainer.client_context(), timeout=60.0) as http:
                 for r in range(repeats):
-                    variants, feds = _variants(server, [a.identity for a in agents], prompts, http)
-                    federated.extend(feds)
-                    step_t, call_t = _run(policy, prompts, variants, tmp / f"run{r}", rounds)
-                    for name in variants:
-                        steps.setdefault(name, []).append(step_t[name])
-                        calls.setdefault(name, []).append(call_t[name])
+                    for spg, got in runs.items():
+                        variants, feds = _variants(server, [a.identity for a in agents], prompts, http,
+                                                   f"bench-s{spg}-r{r}", local_too=spg == 1)
+                        federated.extend(feds)
+                        medians = _run_batches(policy, prompts, variants, tmp / f"run{r}-s{spg}", rounds, spg)
+                        for name, values in medians.items():
+                            for what, value in values.items():
+                                got.setdefault(name, {}).setdefault(what, []).append(value)
         finally:
             for agent in agents:
                 agent.send({"cmd": "stop"})
@@ -84,15 +134,30 @@ def measure(*, policy: Path, prompts: Sequence[Prompt], repeats: int, rounds: in
     skipped = sum(1 for fed in federated for res in fed.results if res.skipped)
     if skipped:
         raise BenchMeasurementError(f"{skipped} federated rounds were skipped (below quorum): no step-time figure")
-    apart, local = "federated, trainer apart", "federated"
-    what = "3 member processes over mTLS, ckks, no overlap (TRL scores synchronously)"
-    return [
-        paired(SECTION, f"GRPO step, trainer apart ({what})", "s", steps[apart], "in-process reward",
-               steps["in-process"]),
-        paired(SECTION, f"GRPO step, coordinator in the trainer ({what})", "s", steps[local], "in-process reward",
-               steps["in-process"]),
-        paired(SECTION, "GRPO step, trainer apart vs coordinator in the trainer (cost of the split)", "s",
-               steps[apart], "coordinator in the trainer", steps[local]),
-        paired(SECTION, "reward call, trainer apart vs coordinator in the trainer", "s", calls[apart],
-               "coordinator in the trainer", calls[local]),
+    what = "3 member processes over mTLS, ckks"
+    figures = []
+    for spg, got in runs.items():
+        at = f"steps_per_generation {spg}"
+        base = got["in-process"]["step"]
+        figures += [
+            paired(SECTION, f"GRPO step, trainer apart, sequential ({what}, {at})", "s", got[APART]["step"],
+                   "in-process reward", base),
+            paired(SECTION, f"GRPO step, trainer apart, overlapped ({what}, {at})", "s", got[OVERLAPPED]["step"],
+                   "in-process reward", base),
+            paired(SECTION, f"GRPO step, overlapped vs sequential ({at})", "s", got[OVERLAPPED]["step"],
+                   "sequential", got[APART]["step"]),
+            paired(SECTION, f"round time left on the critical path, overlapped ({at}; 1 - ratio = share hidden)",
+                   "s", got[OVERLAPPED]["exposed"], "round wall time", got[OVERLAPPED]["round"]),
+            paired(SECTION, f"reward wait per batch, overlapped vs sequential ({at})", "s",
+                   got[OVERLAPPED]["exposed"], "sequential", got[APART]["exposed"]),
+        ]
+    local = runs[1][LOCAL]
+    figures += [
+        paired(SECTION, f"GRPO step, coordinator in the trainer, sequential ({what}, steps_per_generation 1)", "s",
+               local["step"], "in-process reward", runs[1]["in-process"]["step"]),
+        paired(SECTION, "GRPO step, trainer apart vs coordinator in the trainer (cost of the split, sequential)", "s",
+               runs[1][APART]["step"], LOCAL, local["step"]),
+        paired(SECTION, "reward call, trainer apart vs coordinator in the trainer (sequential)", "s",
+               runs[1][APART]["exposed"], LOCAL, local["exposed"]),
     ]
+    return figures

@@ -100,7 +100,8 @@ def _run(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Callable[.
     stamps: list[float] = []
     steps = 1 + rounds * len(variants)
     config = GRPORunConfig(output_dir=out, max_steps=steps, group_size=4, per_device_batch=8,
-                           max_completion_length=16, save_steps=10_000, seed=0)
+                           max_completion_length=16, save_steps=10_000, seed=0,
+                           overlap_scoring=False)  # these figures time the round on the critical path
     run_grpo(model_path=policy, prompts=prompts, reward_fn=reward, config=config, resume=False,
              step_logger=lambda _record: stamps.append(time.perf_counter()))
     step_time: dict[str, list[float]] = {n: [] for n in variants}
@@ -144,7 +145,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                     calls.setdefault(name, []).append(call_t[name])
         finally:
             world.close()
-        from sim.bench.grpo_split import measure  # the trainer apart from the service (issue 16 §2)
+        from sim.bench.grpo_split import SPG, measure  # the trainer apart from the service (issue 16 §2)
 
         split = measure(policy=policy, prompts=prompts, repeats=repeats, rounds=rounds)
     skipped = sum(1 for fed in federated for res in fed.results if res.skipped)
@@ -161,5 +162,6 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                           "s", calls["federated"], f"poll {OLD_POLL_S}s", calls["federated-before"]))
     notes.append("trainer apart: a second GRPO run per repeat alternating in-process / coordinator in the trainer / "
                  "mor server train's transport (mTLS to /v1/trainer/rounds), 3 synthetic member processes over mTLS "
-                 "(sim/bench/grpo_split.py); scoring is not overlapped with generation: TRL waits for the reward")
+                 "(sim/bench/grpo_split.py), the trainer-apart reward sequential and overlapped "
+                 f"(server/grpo_overlap.py), at steps_per_generation 1 and {SPG}; variants alternate per batch")
     return SectionResult(figures + split, notes)

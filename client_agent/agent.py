@@ -55,12 +55,13 @@ from client_agent.rewards.base import RewardModel
 from client_agent.scoring import calibrate, calibration_report, score_items, seal_for_mode
 from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.ckks import PublicContext, load_public_context
+from crypto.envelope import Envelope
 from crypto.errors import CryptoError
 from crypto.key_binding import bind_signing_key
 from crypto.signing import SigningKey, VerifyKey
 from crypto.tls import client_ssl_context
 from crypto.tls_reload import TlsReloader
-from wire.messages import EnrolRequest, EnrolResponse, PrivacyMode, ScoringTask, Submission
+from wire.messages import EnrolRequest, EnrolResponse, PrivacyMode, ScoringTask
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -300,7 +301,11 @@ class Agent:
     def _submit(self, entry: LedgerEntry, session: Session) -> None:
         assert entry.envelope is not None and entry.envelope_sha256 is not None
         try:
-            receipt = self.channel.submit(Submission(task_id=entry.task_id, envelope=entry.envelope))
+            receipt = self.channel.submit_envelope(Envelope.from_dict(entry.envelope))
+        except CryptoError:  # the ledger's copy does not parse (edited on disk): nothing a server would take
+            self.ledger.mark_abandoned(entry.task_id, "ledger envelope does not parse", self.clock())
+            self.summary.abandoned += 1
+            return
         except ServerRefusedError as exc:  # final for this envelope: never re-sealed under a new nonce
             self.ledger.mark_abandoned(entry.task_id, f"{exc.status} {exc.code}", self.clock())
             self.record("submission.refused", outcome="refused", task=entry,

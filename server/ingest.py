@@ -9,8 +9,8 @@ others; submissions that arrive meanwhile form the next group. There is no backg
 to start or stop.
 
 The promise does not change: **a receipt leaves only after the commit that contains its
-envelope**. Order inside a group: check (task not answered, nonce unseen — one read, plus
-duplicates within the group), then the audit entries (fsync), then the rows (commit), then the
+envelope**. Order inside a group: check (task not answered and still open, nonce unseen — one
+read transaction, plus duplicates within the group), then the audit entries (fsync), then the rows (commit), then the
 replies; a task whose round closed after the route checked it is refused as expired (checked
 again inside the storing transaction). A crash before the audit fsync loses the group and no
 receipt was sent; a crash after it leaves audit entries for envelopes never stored (no
@@ -127,8 +127,7 @@ class GroupCommit:
             raise item.error
 
     def _commit(self, group: list[Submission], burnt: list[tuple[str, str, float]]) -> None:
-        fresh = self.state.unseen_submissions([(i.task.task_id, i.nonce[0], i.nonce[1]) for i in group])
-        closed = self.state.closed_tasks([i.task.task_id for i in group])
+        fresh, closed = self.state.group_check([(i.task.task_id, i.nonce[0], i.nonce[1]) for i in group])
         accepted: list[Submission] = []
         tasks: set[str] = set()
         seen: set[tuple[str, str]] = set()

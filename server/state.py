@@ -368,27 +368,32 @@ class StateStore:
 
     def closed_tasks(self, task_ids: Sequence[str]) -> set[str]:
         """Those of ``task_ids`` no longer open for an answer (expired, declined, or not a task at all)."""
-        if not task_ids:
-            return set()
-        with self._tx() as conn:
-            open_ids = {r[0] for r in conn.execute(select(tasks.c.task_id).where(
-                tasks.c.task_id.in_(set(task_ids)) & tasks.c.status.in_(_OPEN_TASK)))}
-        return set(task_ids) - open_ids
+        return self.group_check([(t, "", "") for t in task_ids])[1]
 
     def unseen_submissions(self, pending: Sequence[tuple[str, str, str]]) -> list[bool]:
-        """For each ``(task_id, sender, nonce)``: True if the task has no submission and the nonce is new.
+        """For each ``(task_id, sender, nonce)``: True if the task has no submission and the nonce is new."""
+        return self.group_check(pending)[0]
 
-        The group commit's check (:mod:`server.ingest`), one read for the whole group; duplicates
-        *within* the group are the caller's to spot, and :meth:`record_submissions` is the guard.
+    def group_check(self, pending: Sequence[tuple[str, str, str]]) -> tuple[list[bool], set[str]]:
+        """The group commit's check (:mod:`server.ingest`), one read transaction for the whole group.
+
+        For each ``(task_id, sender, nonce)``: True if the task has no submission and the nonce is
+        new; and the tasks no longer open for an answer (expired, declined, or not a task at
+        all). Duplicates *within* the group are the caller's to spot, and
+        :meth:`record_submissions` is the guard.
         """
         if not pending:
-            return []
+            return [], set()
+        task_ids = {t for t, _, _ in pending}
         with self._tx() as conn:
             done = {r[0] for r in conn.execute(select(submissions.c.task_id).where(
-                submissions.c.task_id.in_({t for t, _, _ in pending})))}
+                submissions.c.task_id.in_(task_ids)))}
             seen = {(r[0], r[1]) for r in conn.execute(select(nonces.c.sender, nonces.c.nonce).where(
-                nonces.c.nonce.in_({n for _, _, n in pending})))}
-        return [task_id not in done and (sender, nonce) not in seen for task_id, sender, nonce in pending]
+                nonces.c.nonce.in_({n for _, _, n in pending if n})))}
+            open_ids = {r[0] for r in conn.execute(select(tasks.c.task_id).where(
+                tasks.c.task_id.in_(task_ids) & tasks.c.status.in_(_OPEN_TASK)))}
+        return [task_id not in done and (sender, nonce) not in seen for task_id, sender, nonce in pending], \
+            task_ids - open_ids
 
     def nonce_seen(self, sender: str, nonce: str) -> bool:
         """Whether ``sender`` used ``nonce`` before (read only; the group commit records new ones)."""

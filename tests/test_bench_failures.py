@@ -18,27 +18,38 @@ from sim.errors import BenchMeasurementError
 
 
 def _level(accepted: int = 50, **changes: Any) -> dict[str, Any]:
-    level = {"agents": 8, "seconds": 8.0, "accepted": accepted, "receipts_valid": accepted, "db_rows": accepted,
-             "audit_entries": accepted, "envelopes_per_s": accepted / 8.0, "cpu_per_envelope_s": 0.01,
-             "per_commit": 2.0, "p50_s": 0.05, "p99_s": 0.2, "errors": {}}
+    level = {"connections": 8, "transport": "json", "seconds": 8.0, "accepted": accepted,
+             "receipts_valid": accepted, "db_rows": accepted, "audit_entries": accepted,
+             "envelopes_per_s": accepted / 8.0, "cpu_per_envelope_s": 0.01, "per_commit": 2.0, "p50_s": 0.05,
+             "p99_s": 0.2, "errors": {}}
     return {**level, **changes}
 
 
+def _samples(bad: dict[str, Any] | None = None) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """Two levels, both transports; the binary transport at 64 connections carries ``bad``."""
+    return {(8, "json"): [_level()], (8, "binary"): [_level(cpu_per_envelope_s=0.005)],
+            (64, "json"): [_level(80)], (64, "binary"): [_level(**{"accepted": 80, **(bad or {})})]}
+
+
 def test_clean_ingest_levels_give_figures() -> None:
-    result = ingest._result((8, 64), {8: [_level()], 64: [_level(80)]}, 8.0)
-    names = {f.name for f in result.figures}
-    assert "64 agents: envelopes/s" in names and result.checks["nothing_lost"] is True
+    result = ingest._result((8, 64), _samples(), {})
+    by_name = {f.name: f for f in result.figures}
+    assert result.checks["nothing_lost"] is True
+    per_core = by_name["8 connections, binary: envelopes/s per server core"]
+    assert (per_core.value, per_core.baseline, per_core.ratio) == (200.0, 100.0, 2.0)
+    assert by_name["8 connections, binary: server CPU per envelope"].ratio == 0.5
 
 
 @pytest.mark.parametrize("bad", [
     {"errors": {"503:storage_unavailable": 1}},  # a failed request
-    {"db_rows": 49},  # a receipt without its row
-    {"audit_entries": 49},  # a receipt without its audit entry
+    {"db_rows": 79},  # a receipt without its row
+    {"audit_entries": 79},  # a receipt without its audit entry
+    {"receipts_valid": 79},  # a receipt whose signature or digest did not verify
     {"accepted": 0, "receipts_valid": 0, "db_rows": 0, "audit_entries": 0},  # nothing measured
 ])
 def test_an_ingest_level_that_failed_is_an_error_not_a_figure(bad: dict[str, Any]) -> None:
     with pytest.raises(BenchMeasurementError, match="no figure"):
-        ingest._result((8, 64), {8: [_level()], 64: [_level(**bad)]}, 8.0)
+        ingest._result((8, 64), _samples(bad), {})
 
 
 def test_skipped_or_missing_scaling_rounds_are_an_error_not_a_figure() -> None:

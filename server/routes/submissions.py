@@ -1,4 +1,8 @@
-"""``POST /v1/submissions``: a sealed, signed score envelope in; a signed receipt out.
+"""``POST /v1/submissions`` and ``/v1/submissions/binary``: a sealed, signed envelope in; a signed receipt out.
+
+Two forms of the same envelope (:class:`crypto.envelope.Envelope`): JSON with base64
+ciphertexts, or the binary form (``application/octet-stream``: a line of canonical JSON, then
+the raw ciphertexts), which the agents send. Both yield the same envelope, digest and receipt.
 
 Order of checks (each refusal precise, audited, never a 500):
 
@@ -29,9 +33,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from audit import AuditError
-from crypto.envelope import Envelope, OpenedEnvelope, open_envelope
+from crypto.envelope import BINARY_MEDIA_TYPE, Envelope, OpenedEnvelope, open_envelope
 from crypto.errors import IntegrityError
 from crypto.signing import VerifyKey
 from server.admission import Caller
@@ -47,6 +52,8 @@ from wire.messages import Receipt, Submission
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["submissions"])
 INTEGRITY = Rejection(400, "integrity_error", "envelope failed verification")
+BINARY_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    BINARY_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}}
 
 
 def _live_task(services: Services, caller: Caller, task_id: str) -> TaskRow:
@@ -100,13 +107,40 @@ def _check_scores(services: Services, task: TaskRow, opened: OpenedEnvelope) -> 
 @router.post("/submissions", response_model=Receipt, summary="Submit a sealed score envelope; get a signed receipt")
 def submit(body: Submission, request: Request,
            agent: Annotated[tuple[Caller, dict[str, Any]], Depends(enrolled_agent)]) -> Receipt:
-    services = services_of(request)
-    caller, agent_row = agent
-    task = _live_task(services, caller, body.task_id)
+    """The JSON form (ciphertexts in base64): kept for members that do not send the binary one yet."""
     try:
         env = Envelope.from_dict(body.envelope)
     except IntegrityError:
         raise INTEGRITY from None
+    return _accept(services_of(request), *agent, body.task_id, env)
+
+
+@router.post("/submissions/binary", response_model=Receipt, openapi_extra=BINARY_BODY,
+             summary="Submit a sealed score envelope in its binary form; get a signed receipt")
+async def submit_binary(request: Request,
+                        agent: Annotated[tuple[Caller, dict[str, Any]], Depends(enrolled_agent)]) -> Receipt:
+    """The same envelope as :func:`submit`, ``crypto.envelope.Envelope.to_binary`` as the whole body.
+
+    Why: the ciphertexts travel raw (a third fewer bytes through TLS and HTTP than base64) and
+    are sliced out of the body, not JSON-parsed and base64-decoded (issue 14 §6). The task is the
+    one the envelope names (its signature covers that binding); everything after parsing is the
+    JSON route's, in a worker thread like it (the group commit blocks).
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != BINARY_MEDIA_TYPE:
+        raise Rejection(415, "unsupported_media_type", f"POST /v1/submissions/binary takes {BINARY_MEDIA_TYPE}, "
+                        f"not {media or 'no content type'!r}")
+    data = await request.body()
+    try:
+        env = Envelope.from_binary(data)
+    except IntegrityError:
+        raise INTEGRITY from None
+    return await run_in_threadpool(_accept, services_of(request), *agent, env.task_id, env)
+
+
+def _accept(services: Services, caller: Caller, agent_row: dict[str, Any], task_id: str, env: Envelope) -> Receipt:
+    """Checks 1-6 of the module docstring, then the group commit; the receipt once the commit is durable."""
+    task = _live_task(services, caller, task_id)
     previous = services.state.submission(task.task_id)
     if previous is not None:
         if previous["envelope_sha256"] == env.sha256():

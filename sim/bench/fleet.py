@@ -19,6 +19,7 @@ then killed, the key holder gets SIGTERM then SIGKILL.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -106,6 +107,15 @@ def audit_actions(audit_dir: Path, action: str) -> int:
     return count
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used (``/proc/<pid>/stat``; 0.0 where there is no /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text("ascii").rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 class AgentProcess:
     """One agent process (default :mod:`sim.bench.synth_agent`); JSON lines on stdin (commands) and stdout (replies).
 
@@ -121,6 +131,10 @@ class AgentProcess:
                                             str(party.key), "--ca", str(pki.ca_cert), "--identity", self.identity,
                                             *extra_args], log=log_dir / f"{name}.log", piped=True)
         self.proc, self.log = self.process.proc, self.process.log
+
+    def cpu_seconds(self) -> float:
+        """CPU this agent process has used so far (what it took from the cores the server shares)."""
+        return process_cpu_seconds(self.proc.pid)
 
     def send(self, command: dict[str, Any]) -> None:
         assert self.proc.stdin is not None

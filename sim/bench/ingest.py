@@ -1,26 +1,34 @@
-"""Section 4 — server ingest under load, and the proof that nothing was lost.
+"""Section 4 — server ingest: the JSON and the binary envelope transport against one server, nothing lost.
 
-For 8, 32 and 64 concurrent synthetic agents (separate processes, real mutual TLS, see
-:mod:`sim.bench.synth_agent`) against one server (ckks mode, in this process as
-:class:`sim.harness.InProcessServer`), the bench opens enough rounds on the server's own store
-that no agent runs dry — as the coordinator opens them, each with its ``round.opened`` audit
-entry — lets every agent long-poll and submit for a fixed time, then stops them and reads:
+Why replaying senders and not one process per agent: on this 2-core machine 64 agent processes
+spent as much CPU signing, encoding and sending as the server spent ingesting, so the section
+measured the machine. Here two sender processes (:mod:`sim.bench.replay_agent`) hold ``n``
+persistent mutual-TLS connections between them; every envelope is sealed and signed **before**
+the timed phase (fresh nonce, timestamp, round and task binding each), so while the clock runs
+the senders only write bytes and the server does all of its per-envelope work: TLS, HTTP,
+parsing, signature, binding, freshness, nonce, CKKS structural check, audit entry, receipt,
+group commit.
 
-* envelopes/s and scores/s accepted; p50/p99 submission latency (the agents' clocks);
-* server CPU seconds per accepted envelope (this process's CPU time; the bench itself only
-  sleeps while the agents work);
-* **nothing lost**: accepted (HTTP 200s seen by agents) = receipts whose server signature
-  verified = submission rows in the database = ``submission.accepted`` audit entries;
-* envelopes per group commit (:mod:`server.ingest`).
+For 8, 32 and 64 concurrent connections, and for each transport — ``json`` (``POST
+/v1/submissions``, base64 ciphertexts, the baseline) and ``binary`` (``POST
+/v1/submissions/binary``, what agents send) — in alternating order per repeat:
+
+* server CPU per accepted envelope and envelopes/s per server core (the server is this
+  process — :class:`sim.harness.InProcessServer` — and the bench only waits meanwhile, so this
+  process's CPU time is the server's);
+* envelopes/s and p50/p99 latency (the senders' clocks; closed loop: each connection sends its
+  next envelope when the last is answered, so latency is the queue ``n`` connections keep);
+* **nothing lost**: accepted (HTTP 200s) = receipts whose server signature and envelope digest
+  verified = submission rows = ``submission.accepted`` audit entries; envelopes per group commit.
 
 A level with a failed request, nothing accepted, or counts that do not add up raises
 :class:`~sim.errors.BenchMeasurementError`: the section reports failure, never a figure.
-
-Baseline of every ratio: the 8-agent level of the same repeat (how the server scales).
+Baseline of every ratio: the JSON transport at the same level in the same repeat.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 import uuid
@@ -29,7 +37,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from sim.bench.fleet import AgentProcess, agent_names, audit_actions, bench_pki, start_agents, start_server
+from sim.bench.fleet import AgentProcess, agent_names, audit_actions, bench_pki, start_server
+from sim.bench.ingest_stages import stage_costs
 from sim.bench.stats import Figure, SectionResult, paired, percentile
 from sim.errors import BenchMeasurementError
 from sim.harness import InProcessServer
@@ -37,13 +46,17 @@ from wire.messages import TaskItem, TaskPayload
 
 SECTION = "4 ingest"
 LEVELS = (8, 32, 64)
-SMOKE_LEVELS = (2, 4)
+SMOKE_LEVELS = (4,)
+TRANSPORTS = ("json", "binary")  # the first is the baseline
+SENDERS = 2
 SCORES_PER_ENVELOPE = 64
-RATE_CEILING = 200.0  # envelopes/s we provision tasks for; well above what 2 cores ingest
+ENVELOPES = 320  # per level and transport: ~5 per connection at 64, enough to amortise each connection's handshake
+SMOKE_ENVELOPES = 12
 
 
-def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items: int, deadline_s: float) -> None:
-    """``rounds`` rounds, one task per agent each (no prompts: synthetic agents do not score), audited as opened.
+def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items: int,
+                deadline_s: float) -> dict[str, list[tuple[str, str]]]:
+    """``rounds`` rounds, one task per agent each, audited as opened; agent -> its ``(round_id, task_id)`` s.
 
     Why not :meth:`~server.rounds.RoundCoordinator.run_round`: it waits for each round to be
     answered, and the load test needs a backlog. These are the same writes it makes first.
@@ -51,6 +64,7 @@ def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items
     payload = TaskPayload(kind="score", prompts=[], items=[TaskItem(prompt_index=0, response="r")] * n_items
                           ).model_dump()
     now = time.time()
+    issued: dict[str, list[tuple[str, str]]] = {a: [] for a in agents}
     for _ in range(rounds):
         round_id = f"score-bench-{uuid.uuid4().hex}"
         tasks = {a: f"{round_id}-{i}" for i, a in enumerate(agents)}
@@ -59,26 +73,29 @@ def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items
         server.audit.record("server", "round.opened", {"round_id": round_id, "kind": "score", "n_prompts": 0,
                                                        "n_items": n_items, "deadline": now + deadline_s,
                                                        "quorum": len(agents), "tasks": tasks})
+        for agent, task_id in tasks.items():
+            issued[agent].append((round_id, task_id))
+    return issued
 
 
-def _level(server: InProcessServer, agents: list[AgentProcess], seconds: float) -> dict[str, Any]:
-    identities = [a.identity for a in agents]
-    rounds = int(RATE_CEILING * seconds / len(agents)) + 5
-    open_rounds(server, identities, rounds, SCORES_PER_ENVELOPE, deadline_s=seconds + 120)
+def _level(server: InProcessServer, senders: list[AgentProcess], connections: int, envelopes: int,
+           transport: str) -> dict[str, Any]:
+    """One timed burst of ``envelopes`` pre-sealed envelopes over ``connections`` connections."""
+    issued = open_rounds(server, [s.identity for s in senders], -(-envelopes // len(senders)),
+                         SCORES_PER_ENVELOPE, deadline_s=600.0)
+    for sender in senders:
+        sender.send({"cmd": "prepare", "tasks": issued[sender.identity], "transport": transport})
+    for sender in senders:
+        sender.reply()
     state, audit_dir = server.state, server.runtime.config.server.audit_dir
     rows_before = state.count_submissions()
     audit_before = audit_actions(audit_dir, "submission.accepted")
-    cpu_before = server.cpu_seconds()
     groups_before = server.services.ingest.groups
-    started = time.monotonic()
-    for agent in agents:
-        agent.send({"cmd": "work", "max_s": seconds + 30})
-    time.sleep(seconds)
-    for agent in agents:
-        agent.send({"cmd": "stop"})
-    results = [agent.reply() for agent in agents]
-    elapsed = time.monotonic() - started  # includes the last in-flight submissions
-    cpu = server.cpu_seconds() - cpu_before
+    cpu_before, started = server.cpu_seconds(), time.perf_counter()
+    for k, sender in enumerate(senders):
+        sender.send({"cmd": "send", "threads": connections // len(senders) + int(k < connections % len(senders))})
+    results = [sender.reply() for sender in senders]
+    elapsed, cpu = time.perf_counter() - started, server.cpu_seconds() - cpu_before
     accepted = sum(r["accepted"] for r in results)
     latencies = [x for r in results for x in r["latencies"]]
     errors: dict[str, int] = {}
@@ -86,7 +103,7 @@ def _level(server: InProcessServer, agents: list[AgentProcess], seconds: float) 
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
     return {
-        "agents": len(agents), "seconds": elapsed, "accepted": accepted,
+        "connections": connections, "transport": transport, "seconds": elapsed, "accepted": accepted,
         "receipts_valid": sum(r["receipts_valid"] for r in results),
         "db_rows": state.count_submissions() - rows_before,
         "audit_entries": audit_actions(audit_dir, "submission.accepted") - audit_before,
@@ -99,65 +116,75 @@ def _level(server: InProcessServer, agents: list[AgentProcess], seconds: float) 
 
 def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     levels = SMOKE_LEVELS if smoke else LEVELS
-    seconds = 2.0 if smoke else 8.0
-    repeats = 1 if smoke else min(repeats, 2)
-    samples: dict[int, list[dict[str, Any]]] = {n: [] for n in levels}
+    envelopes = SMOKE_ENVELOPES if smoke else ENVELOPES
+    repeats = 1 if smoke else min(repeats, 3)
+    samples: dict[tuple[int, str], list[dict[str, Any]]] = {(n, t): [] for n in levels for t in TRANSPORTS}
     with tempfile.TemporaryDirectory(prefix="mor-bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
-        pki = bench_pki(tmp, max(levels))
+        pki = bench_pki(tmp, SENDERS)
         with start_server(pki, "ckks") as server:
-            agents = start_agents(pki, server.url, agent_names(pki), tmp / "agent-logs")
+            senders = [AgentProcess(pki, name, server.url, log_dir=tmp / "sender-logs",
+                                    module="sim.bench.replay_agent") for name in agent_names(pki)]
             try:
+                for sender in senders:
+                    sender.reply()  # {"ready": ...}: enrolled
                 with tqdm(total=repeats * len(levels), desc="bench 4 ingest", unit="level", disable=None) as bar:
-                    for _ in range(repeats):
+                    for k in range(repeats):
                         for n in levels:
-                            samples[n].append(_level(server, agents[:n], seconds))
+                            for transport in TRANSPORTS if k % 2 == 0 else TRANSPORTS[::-1]:
+                                samples[(n, transport)].append(_level(server, senders, n, envelopes, transport))
                             bar.update(1)
             finally:
-                for agent in agents:
-                    agent.close()
-    return _result(levels, samples, seconds)
+                for sender in senders:
+                    sender.close()
+    stages = {} if smoke else stage_costs(SCORES_PER_ENVELOPE)
+    return _result(levels, samples, stages)
 
 
-def _lost(samples: dict[int, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _lost(samples: dict[tuple[int, str], list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Levels whose count does not add up, failed requests, or nothing accepted: name -> its counts."""
     bad = {}
-    for n, runs in samples.items():
+    for (n, transport), runs in samples.items():
         for k, r in enumerate(runs):
             counts = {key: r[key] for key in ("accepted", "receipts_valid", "db_rows", "audit_entries", "errors")}
             if r["errors"] or not r["accepted"] or \
                     not r["accepted"] == r["receipts_valid"] == r["db_rows"] == r["audit_entries"]:
-                bad[f"{n} agents #{k}"] = counts
+                bad[f"{n} connections {transport} #{k}"] = counts
     return bad
 
 
-def _result(levels: tuple[int, ...], samples: dict[int, list[dict[str, Any]]], seconds: float) -> SectionResult:
+def _value(sample: dict[str, Any], key: str) -> float:
+    """A sample's figure; envelopes/s per server core is the inverse of server CPU per envelope."""
+    return 1.0 / float(sample["cpu_per_envelope_s"]) if key == "per_core" else float(sample[key])
+
+
+def _result(levels: tuple[int, ...], samples: dict[tuple[int, str], list[dict[str, Any]]],
+            stages: dict[str, float]) -> SectionResult:
     """The figures, or :class:`BenchMeasurementError` when any level lost, failed or accepted nothing."""
     bad = _lost(samples)
     if bad:  # a throughput with failed requests or a lost receipt is not a measurement
         raise BenchMeasurementError(f"ingest did not measure cleanly, no figure is reported: {bad}")
     figures: list[Figure] = []
-    base = samples[levels[0]]
-    checks: dict[str, Any] = {}
+    base_name, new_name = TRANSPORTS
     for n in levels:
-        runs = samples[n]
-        label = f"{n} agents"
-        figures.append(paired(SECTION, f"{label}: envelopes/s", "env/s", [r["envelopes_per_s"] for r in runs],
-                              f"{levels[0]} agents", [r["envelopes_per_s"] for r in base],
-                              scores_per_s=[r["envelopes_per_s"] * SCORES_PER_ENVELOPE for r in runs],
-                              envelopes_per_commit=[r["per_commit"] for r in runs]))
-        figures.append(paired(SECTION, f"{label}: p50 latency", "s", [r["p50_s"] for r in runs],
-                              f"{levels[0]} agents", [r["p50_s"] for r in base]))
-        figures.append(paired(SECTION, f"{label}: p99 latency", "s", [r["p99_s"] for r in runs],
-                              f"{levels[0]} agents p50", [r["p50_s"] for r in base]))
-        figures.append(paired(SECTION, f"{label}: server CPU per envelope", "s",
-                              [r["cpu_per_envelope_s"] for r in runs], f"{levels[0]} agents",
-                              [r["cpu_per_envelope_s"] for r in base]))
-        for k, r in enumerate(runs):
-            checks[f"{label} #{k}"] = {key: r[key] for key in ("accepted", "receipts_valid", "db_rows",
-                                                                "audit_entries", "errors", "per_commit")}
+        base, new = samples[(n, base_name)], samples[(n, new_name)]
+        label = f"{n} connections, {new_name}"
+        for what, unit, key in (("server CPU per envelope", "s", "cpu_per_envelope_s"),
+                                ("envelopes/s per server core", "env/s/core", "per_core"),
+                                ("envelopes/s", "env/s", "envelopes_per_s"), ("p50 latency", "s", "p50_s"),
+                                ("p99 latency", "s", "p99_s")):
+            commits = {"envelopes_per_commit": [r["per_commit"] for r in new],
+                       "baseline_envelopes_per_commit": [r["per_commit"] for r in base]}
+            extra = commits if key == "envelopes_per_s" else {}
+            figures.append(paired(SECTION, f"{label}: {what}", unit, [_value(r, key) for r in new],
+                                  f"{base_name}: {what}", [_value(r, key) for r in base], **extra))
+    checks: dict[str, Any] = {f"{n} connections {t} #{k}": {key: r[key] for key in (
+        "accepted", "receipts_valid", "db_rows", "audit_entries", "errors", "per_commit")}
+        for (n, t), runs in samples.items() for k, r in enumerate(runs)}
     checks["nothing_lost"] = True
-    notes = [f"{seconds:.0f} s per level, {SCORES_PER_ENVELOPE} scores per envelope, agents re-sign one ciphertext "
-             "per task (fresh nonce/timestamp/binding), server and agents share the same cores; envelopes per "
-             "group commit in extra.envelopes_per_commit"]
+    if stages:
+        checks["stage_cpu_ms_per_envelope"] = stages
+    notes = [f"{SCORES_PER_ENVELOPE} scores per ckks envelope, {SENDERS} sender processes with pre-sealed envelopes "
+             f"(server CPU = this process's, {os.cpu_count()} cores shared with the senders); closed loop, each "
+             "connection sends when answered; per-stage CPU of one envelope in checks.stage_cpu_ms_per_envelope"]
     return SectionResult(figures, notes, checks)

@@ -15,6 +15,7 @@ Baseline of each ratio: the 2-agent round of the same repeat.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -61,6 +62,7 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
     logging.getLogger("server.rounds").setLevel(logging.ERROR)
     latency: dict[int, list[float]] = {n: [] for n in levels}
     server_cpu: dict[int, list[float]] = {n: [] for n in levels}  # API + coordinator: this process's CPU
+    agents_cpu: dict[int, list[float]] = {n: [] for n in levels}  # the agent processes', on the same cores
     skipped = 0
     with tempfile.TemporaryDirectory(prefix="mor-bench-scaling-") as tmp_name:
         tmp = Path(tmp_name)
@@ -86,9 +88,11 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                                 policy=RoundPolicy(quorum=n, deadline_s=120.0), show_progress=False,
                                 features=lambda ps: torch.zeros(len(ps), 4))
                             started, cpu = time.perf_counter(), server.cpu_seconds()
+                            agents_before = sum(a.cpu_seconds() for a in active)
                             result = coordinator.run_round("score", [prompt], items)
                             latency[n].append(time.perf_counter() - started)
                             server_cpu[n].append(server.cpu_seconds() - cpu)
+                            agents_cpu[n].append(sum(a.cpu_seconds() for a in active) - agents_before)
                             skipped += int(result.skipped)
                             for agent in active:
                                 agent.send({"cmd": "stop"})
@@ -98,19 +102,23 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
             finally:
                 for agent in agents:
                     agent.close()
-    return _result(levels, latency, skipped, repeats, server_cpu)
+    return _result(levels, latency, skipped, repeats, server_cpu, agents_cpu)
 
 
 def _result(levels: tuple[int, ...], latency: dict[int, list[float]], skipped: int, repeats: int,
-            server_cpu: dict[int, list[float]] | None = None) -> SectionResult:
+            server_cpu: dict[int, list[float]] | None = None,
+            agents_cpu: dict[int, list[float]] | None = None) -> SectionResult:
     """Round latency per level against the smallest, or :class:`BenchMeasurementError` if any round was skipped."""
     if skipped or any(len(latency[n]) != repeats for n in levels):
         # a skipped round's "latency" is its deadline: no figure rather than a false one
         raise BenchMeasurementError(f"{skipped} of {repeats * len(levels)} scaling rounds were skipped (quorum not "
                                     "met) or not run: no latency figure is reported")
     figures: list[Figure] = [paired(SECTION, f"round latency, {n} agents", "s", latency[n], f"{levels[0]} agents",
-                                    latency[levels[0]], items=ITEMS, server_cpu_s=(server_cpu or {}).get(n, []))
+                                    latency[levels[0]], items=ITEMS, server_cpu_s=(server_cpu or {}).get(n, []),
+                                    agents_cpu_s=(agents_cpu or {}).get(n, []))
                            for n in levels]
     notes = [f"{ITEMS} scores per agent per round, ckks; coordinator and long-polls woken by the service's "
-             "commits (server.round_events), verified envelopes handed over in memory"]
+             "commits (server.round_events), verified envelopes handed over in memory; agents post the binary "
+             f"envelope form; {os.cpu_count()} cores shared by the server and every agent process: extra.server_cpu_s "
+             "and extra.agents_cpu_s are each side's CPU seconds per round"]
     return SectionResult(figures, notes, {"rounds_skipped": skipped})

@@ -34,10 +34,18 @@ import httpx
 
 from crypto.canonical import canonical_json
 from crypto.ckks import PublicContext, load_public_context
-from crypto.envelope import Envelope, seal_scores, sign_plain_scores
+from crypto.envelope import BINARY_MEDIA_TYPE, Envelope, seal_scores, sign_plain_scores
 from crypto.signing import SigningKey, VerifyKey
 from crypto.tls import client_ssl_context
 from wire.messages import PrivacyMode
+
+
+def enrol_body(identity: str, key: SigningKey, note: str) -> dict[str, Any]:
+    """``POST /v1/enrol``'s body for a bench member: its signing key and a privacy report signed with it."""
+    report: dict[str, Any] = {"identity": identity, "epsilon": 1.0, "delta": 1e-6, "accountant": "prv", "note": note}
+    report["signature_b64"] = base64.b64encode(key.sign(canonical_json(report))).decode()
+    return {"signing_public_key_b64": base64.b64encode(key.verify_key().raw()).decode(),
+            "privacy_report": report, "architecture": "synthetic"}
 
 
 class Agent:
@@ -53,12 +61,7 @@ class Agent:
         self._sealed: dict[int, Envelope] = {}
 
     def enrol(self) -> None:
-        report: dict[str, Any] = {"identity": self.identity, "epsilon": 1.0, "delta": 1e-6, "accountant": "prv",
-                                  "note": "synthetic benchmark agent"}
-        report["signature_b64"] = base64.b64encode(self.key.sign(canonical_json(report))).decode()
-        body = {"signing_public_key_b64": base64.b64encode(self.key.verify_key().raw()).decode(),
-                "privacy_report": report, "architecture": "synthetic"}
-        reply = self.http.post("/v1/enrol", json=body)
+        reply = self.http.post("/v1/enrol", json=enrol_body(self.identity, self.key, "synthetic benchmark agent"))
         reply.raise_for_status()
         data = reply.json()
         self.mode = data["privacy_mode"]
@@ -98,9 +101,10 @@ class Agent:
                     continue
                 reply.raise_for_status()
                 task = reply.json()
-                body = {"task_id": task["task_id"], "envelope": self.envelope(task).to_dict()}
+                body = self.envelope(task).to_binary()  # what the client agent sends (issue 14 §6)
                 started = time.perf_counter()
-                answer = self.http.post("/v1/submissions", json=body)
+                answer = self.http.post("/v1/submissions/binary", content=body,
+                                        headers={"content-type": BINARY_MEDIA_TYPE})
                 latencies.append(time.perf_counter() - started)
             except httpx.HTTPError as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1

@@ -1,7 +1,9 @@
-"""``mor eval [--seeds 3] [--steps N] [--quick] [--out DIR]``: the Mixture-of-Rewards comparison.
+"""``mor eval [--seeds 3] [--steps N] [--quick|--smoke] [--methods A,B] [--model PATH] [--secure-dp] [--out DIR]``.
 
-Writes ``DIR/eval.md`` (tables), ``DIR/eval.json`` (every number) and ``DIR/*.png``; the
-reference model and GRPO adapters stay under ``DIR/work`` (the warm start is cached there).
+The Mixture-of-Rewards comparison. Writes ``DIR/eval.md`` (tables with 95% confidence intervals),
+``DIR/eval.json`` (every number) and ``DIR/*.png``; the reference model and GRPO adapters stay
+under ``DIR/work`` (the warm start is cached there). Every finished (method, seed) cell is saved
+under ``DIR/cells`` at once, so rerunning the same command resumes an interrupted run.
 ``mor eval --robustness [--quick]`` instead prints the degradation curve of ``docs/robustness.md``
 (how far one malicious member moves the fused reward; no training, under a minute).
 """
@@ -22,6 +24,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1); default 3")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per method (same for all)")
     parser.add_argument("--quick", action="store_true", help="smaller data and budget (minutes, noisier)")
+    parser.add_argument("--smoke", action="store_true", help="tiny run that only shows the pipeline works")
+    parser.add_argument("--methods", default=None, help="comma-separated rows to run (default: all)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="base VLM checkpoint for the policy (e.g. from `mor model build`); default: the toy VLM")
+    parser.add_argument("--secure-dp", action="store_true",
+                        help="members train with CSPRNG noise, unseeded, as in production (default: seeded pilot)")
+    parser.add_argument("--epsilon", type=float, default=None, help="members' DP epsilon (default 8)")
+    parser.add_argument("--heldout-domain", default=None, help="domain left out of the *-heldout routers' fit")
+    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates (default 2000)")
     parser.add_argument("--out", type=Path, default=Path("eval-out"), help="output folder (default: eval-out)")
     parser.add_argument("--robustness", action="store_true",
                         help="instead: how far one malicious member moves the fused reward (docs/robustness.md)")
@@ -39,10 +50,15 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.seeds < 1:
         raise CommandError(f"--seeds must be >= 1, got {args.seeds}")
-    config = EvalConfig.quick() if args.quick else EvalConfig.full()
-    changes: dict[str, Any] = {"seeds": tuple(range(args.seeds))}
-    if args.steps is not None:
-        changes["grpo_steps"] = args.steps
+    if args.quick and args.smoke:
+        raise CommandError("--quick and --smoke are two presets: choose one")
+    config = EvalConfig.smoke() if args.smoke else EvalConfig.quick() if args.quick else EvalConfig.full()
+    changes: dict[str, Any] = {"seeds": tuple(range(args.seeds)), "secure_dp": args.secure_dp}
+    optional = {"grpo_steps": args.steps, "epsilon": args.epsilon, "heldout_domain": args.heldout_domain,
+                "bootstrap": args.bootstrap, "model_path": str(args.model.resolve()) if args.model else None}
+    changes.update({k: v for k, v in optional.items() if v is not None})
+    if args.methods is not None:
+        changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     transformers.logging.set_verbosity_error()  # checkpoint-loading reports would bury the progress lines
     try:
         config = config.replace(**changes)

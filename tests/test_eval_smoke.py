@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 TINY = EvalConfig.smoke().replace(n_client_pairs=16, n_test_pairs=8, n_public_pairs=16, n_calibration=8,
                                   n_train_prompts=4, n_eval_prompts=6, n_sft=24, warm_start_steps=10,
-                                  grpo_steps=1, central_epochs=2, router_epochs=10)
+                                  grpo_steps=1, central_epochs=2, router_epochs=10, online_prompts=4,
+                                  online_samples=3, bootstrap=200)
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +29,14 @@ def test_every_method_is_measured_and_metrics_are_rates(result: EvalResult) -> N
     clients = [c.name for c in TINY.clients]
     (seed,) = result.seeds
     assert set(seed.win_own) == set(seed.win_all) == set(seed.accuracy) == set(result.methods)
-    assert len(result.methods) == 3 + 5
+    assert len(result.methods) == 1 + 3 + 12
     for method in result.methods:
         assert set(seed.win_own[method]) == set(clients)
         values = [*seed.win_own[method].values(), *seed.win_all[method].values(), seed.accuracy[method]]
         assert all(0.0 <= v <= 1.0 for v in values), (method, values)
     assert set(seed.pair_accuracy) == set(result.methods) - {"reference"}
+    assert {"fit:mor", "fit:mor-shrunk", "fit:mor-heldout", "fit:mor-shrunk-heldout", "online"} <= set(seed.routers)
+    assert seed.routers["online"]["pairs"] >= 2
     assert all(0.0 <= v <= 1.0 for row in seed.pair_accuracy.values() for v in row.values())
 
 

@@ -69,6 +69,20 @@ class EvalConfig:
     max_completion_length: int = 24
     # router
     router_epochs: int = 300
+    # issue #17: the router options under test (see sim.eval.methods)
+    methods: tuple[str, ...] | None = None  # None: every method of sim.eval.methods.methods_for
+    heldout_domain: str = "general"  # left out of the *-heldout routers' fit (generalisation check)
+    disagreement_penalty: float = 0.5  # lam of mor-cons: mean - lam * std across members
+    shrink_kappa: float = 8.0  # evidence count at which a shrunk router's own weights count half
+    shrink_bandwidth: float = 0.1
+    uniform_kl: float = 0.05  # KL(w || uniform) coefficient of the shrunk/online routers' fits
+    online_prompts: int = 60  # public prompts the reference answers for the on-policy router pairs
+    online_samples: int = 4  # sampled answers per such prompt
+    online_prior_coef: float = 1.0  # pull of the online refinement toward the offline fit
+    bootstrap: int = 2000  # paired bootstrap replicates for the confidence intervals
+    # production settings
+    model_path: str | None = None  # a base VLM checkpoint (`mor model build`); None: the offline toy VLM
+    secure_dp: bool = False  # members train with CSPRNG noise, unseeded (production); False: seeded pilot
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -96,9 +110,29 @@ class EvalConfig:
                                   f"group_size={self.group_size}")
         if not 0 < self.delta < 1.0 / self.n_client_pairs:
             raise EvalConfigError(f"EvalConfig.delta={self.delta:g} must be in (0, 1/n_client_pairs)")
-        for name in ("epsilon", "rm_epoch_factor", "learning_rate", "beta"):
+        for name in ("epsilon", "rm_epoch_factor", "learning_rate", "beta", "shrink_kappa", "shrink_bandwidth"):
             if not getattr(self, name) > 0:
                 raise EvalConfigError(f"EvalConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("disagreement_penalty", "uniform_kl", "online_prior_coef"):
+            if not 0 <= getattr(self, name) <= 100:
+                raise EvalConfigError(f"EvalConfig.{name} must be in [0, 100], got {getattr(self, name)!r}")
+        if self.epsilon > 8.0 and self.secure_dp:
+            raise EvalConfigError(f"EvalConfig.epsilon={self.epsilon:g}: production DP means epsilon <= 8")
+        for name, low in {"online_prompts": 1, "online_samples": 2, "bootstrap": 100}.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise EvalConfigError(f"EvalConfig.{name} must be an integer >= {low}, got {value!r}")
+        if self.heldout_domain not in ("medical", "finance", "general"):
+            raise EvalConfigError(f"EvalConfig.heldout_domain must be medical, finance or general, "
+                                  f"got {self.heldout_domain!r}")
+        if self.methods is not None:
+            from sim.eval.methods import methods_for
+
+            known = methods_for(self.replace(methods=None))
+            unknown = [m for m in self.methods if m not in known]
+            if unknown or not self.methods:
+                raise EvalConfigError(f"EvalConfig.methods: unknown {unknown or '(none given)'}; choose from "
+                                      f"{', '.join(known)}")
 
     # -- presets -----------------------------------------------------------------------------------
     @classmethod
@@ -126,3 +160,10 @@ class EvalConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a finished (method, seed) cell depends on: everything but the seed list and the row choice."""
+        out = self.to_dict()
+        for key in ("seeds", "methods", "bootstrap"):
+            out.pop(key)
+        return out

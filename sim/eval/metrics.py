@@ -16,6 +16,19 @@ from corpus.types import Prompt
 from sim.errors import EvalRunError
 
 
+def win_outcomes(rule: PreferenceStyle, prompts: Sequence[Prompt], answers: Sequence[str],
+                 reference: Sequence[str]) -> list[float]:
+    """Per prompt 1 (aligned answer has higher true utility), 1/2 (equal), 0 (lower): what the bootstrap resamples."""
+    if not (len(prompts) == len(answers) == len(reference)):
+        raise EvalRunError(f"win rate: {len(prompts)} prompts, {len(answers)} answers, "
+                           f"{len(reference)} reference answers differ in length")
+    out = []
+    for prompt, answer, ref in zip(prompts, answers, reference, strict=True):
+        ours, theirs = rule.utility(prompt, answer), rule.utility(prompt, ref)
+        out.append(1.0 if ours > theirs else 0.5 if ours == theirs else 0.0)
+    return out
+
+
 def win_rate(rule: PreferenceStyle, prompts: Sequence[Prompt], answers: Sequence[str],
              reference: Sequence[str]) -> float:
     """Mean over prompts of 1 (aligned answer has higher true utility), 1/2 (equal), 0 (lower).
@@ -26,16 +39,10 @@ def win_rate(rule: PreferenceStyle, prompts: Sequence[Prompt], answers: Sequence
     >>> win_rate(STYLES["detail"], ps, ["x", "y", "z"], ["x", "y", "z"])
     0.5
     """
-    if not (len(prompts) == len(answers) == len(reference)):
-        raise EvalRunError(f"win rate: {len(prompts)} prompts, {len(answers)} answers, "
-                           f"{len(reference)} reference answers differ in length")
     if not prompts:
         raise EvalRunError("win rate: no prompts")
-    total = 0.0
-    for prompt, answer, ref in zip(prompts, answers, reference, strict=True):
-        ours, theirs = rule.utility(prompt, answer), rule.utility(prompt, ref)
-        total += 1.0 if ours > theirs else 0.5 if ours == theirs else 0.0
-    return total / len(prompts)
+    outcomes = win_outcomes(rule, prompts, answers, reference)
+    return sum(outcomes) / len(outcomes)
 
 
 def answer_accuracy(prompts: Sequence[Prompt], answers: Sequence[str]) -> float:

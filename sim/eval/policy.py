@@ -10,6 +10,7 @@ but has no house style; each method's GRPO run must then find out what the clien
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from corpus.types import Prompt
 from server.federated_reward import completion_text
 from server.grpo import GRPOResult, GRPORunConfig, run_grpo
 from server.vlm import WarmStartConfig, build_small_vlm, generate_answers, load_vlm, warm_start
+from sim.errors import EvalConfigError
 from sim.eval.scoring import Mixture, Scorer
 
 
@@ -37,15 +39,26 @@ def neutral_sft_examples(n: int, *, seed: int = 0) -> list[tuple[Prompt, str]]:
     return out
 
 
-def prepare_reference(work_dir: Path, *, n_sft: int, steps: int, progress: bool = True) -> Path:
-    """Build the small VLM and warm-start it (both cached under ``work_dir``); the reference's path."""
-    base = work_dir / "base"
-    if not (base / "config.json").is_file():
-        shutil.rmtree(base, ignore_errors=True)
-        build_small_vlm(base, seed=0)
+def prepare_reference(work_dir: Path, *, n_sft: int, steps: int, progress: bool = True,
+                      model_path: Path | None = None) -> Path:
+    """Warm-start the base VLM (cached under ``work_dir``); the reference's path.
+
+    The base is ``model_path`` (e.g. the pretrained VLM of ``mor model build``) or, without it,
+    the offline toy VLM built here. Each base gets its own warm-start folder.
+    """
+    if model_path is None:
+        base, warm = work_dir / "base", work_dir / "warm"
+        if not (base / "config.json").is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            build_small_vlm(base, seed=0)
+    else:
+        base = Path(model_path).resolve()
+        if not (base / "config.json").is_file():
+            raise EvalConfigError(f"--model {model_path}: no config.json there; give a checkpoint folder "
+                                  "(e.g. the output of `mor model build`)")
+        warm = work_dir / f"warm-{hashlib.sha256(str(base).encode()).hexdigest()[:12]}"
     config = WarmStartConfig(steps=steps, warmup_steps=max(1, steps // 15))
-    return warm_start(base, neutral_sft_examples(n_sft), out_dir=work_dir / "warm", config=config,
-                      show_progress=progress).path
+    return warm_start(base, neutral_sft_examples(n_sft), out_dir=warm, config=config, show_progress=progress).path
 
 
 class ScorerReward:

@@ -17,6 +17,14 @@ LABELS = {
     "fedavg": "GRPO + FedAvg reward model (parameters)",
     "mor": "GRPO + MoR learned router",
     "central": "GRPO + centralised non-private RM (ceiling)",
+    "uniform-gn": "GRPO + uniform, group-normalised",
+    "oracle": "GRPO + oracle domain router (reference row)",
+    "mor-gn": "GRPO + MoR, group-normalised",
+    "mor-cons": "GRPO + MoR, mean - λ·std (conservative)",
+    "mor-shrunk": "GRPO + MoR, KL + shrunk toward uniform",
+    "mor-online": "GRPO + MoR, shrunk + online on-policy refit",
+    "mor-heldout": "GRPO + MoR fitted without the held-out domain",
+    "mor-shrunk-heldout": "GRPO + MoR shrunk, fitted without the held-out domain",
 }
 
 
@@ -61,15 +69,54 @@ def markdown(result: Mapping[str, Any], *, command: str = "mor eval") -> str:
     rows = [[label(s).removeprefix("GRPO + "), *(_cell(v[c]) for c in clients)]
             for s, v in summary["pair_accuracy"].items()]
     out += _table(header, rows)
-    out += ["", "## Learned router: mean weights per domain (public pairs, first seed)", ""]
-    by_domain = result["seeds"][0]["router_fit"].get("mean_weights_by_domain") or {}
-    out += _table(["domain", *clients], [[d, *(f"{w[c]:.3f}" for c in clients)] for d, w in by_domain.items()])
-    fits = [s["router_fit"] for s in result["seeds"]]
-    out += ["", "Router validation accuracy per seed (learned / uniform): "
-            + ", ".join(f"{f['val_accuracy']:.3f} / {f['val_accuracy_uniform']:.3f}" for f in fits) + ".", "",
-            f"DP: every client model and FedAvg client at (ε={result['config']['epsilon']}, "
-            f"δ={result['config']['delta']:g}); RNG: {result['dp_rng']}.", ""]
+    out += differences_markdown(result)
+    by_domain = (result["seeds"][0].get("router_fit") or {}).get("mean_weights_by_domain") or {}
+    if by_domain:
+        out += ["", "## Learned router: mean weights per domain (public pairs, first seed)", ""]
+        out += _table(["domain", *clients], [[d, *(f"{w[c]:.3f}" for c in clients)] for d, w in by_domain.items()])
+        fits = [s["router_fit"] for s in result["seeds"] if s.get("router_fit")]
+        out += ["", "Router validation accuracy per seed (learned / uniform): "
+                + ", ".join(f"{f['val_accuracy']:.3f} / {f['val_accuracy_uniform']:.3f}" for f in fits) + "."]
+    model = result["config"].get("model_path") or "the offline toy VLM (sim: server.vlm.build_small_vlm)"
+    out += ["", f"Policy base model: {model}. DP: every client model and FedAvg client at "
+            f"(ε={result['config']['epsilon']}, δ={result['config']['delta']:g}); member RNG: {result['dp_rng']}.", ""]
     return "\n".join(out)
+
+
+def _ci(value: list[float] | None) -> str:
+    if value is None:
+        return "n/a"
+    mark = " **" if value[1] > 0 or value[2] < 0 else ""
+    return f"{mark.strip()}{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]{mark.strip()}"
+
+
+def differences_markdown(result: Mapping[str, Any]) -> list[str]:
+    """The CI tables: each row's difference to the baselines, share of the oracle's gain, held-out check."""
+    diffs = result.get("differences")
+    if not diffs or not diffs.get("rows"):
+        return []
+    best = diffs.get("best_single")
+    out = ["", "## Differences in mean own-domain win rate, with 95% confidence intervals", "",
+           f"Paired two-level bootstrap ({diffs['replicates']} replicates; seeds resampled as blocks, held-out "
+           f"prompts resampled within each seed, paired across methods; {diffs['seeds']} seed(s)). Bold: the "
+           f"interval excludes 0. Best single member (highest mean, chosen after the fact): {best}.", ""]
+    header = ["method", "vs uniform", "vs FedAvg", f"vs best single ({best})", "gain vs reference",
+              "share of oracle's gain"]
+    rows = []
+    for method, cols in diffs["rows"].items():
+        share = diffs["oracle_share"].get(method)
+        rows.append([label(method), *(_ci(cols.get(k)) for k in ("uniform", "fedavg", "best-single", "reference")),
+                     "n/a" if share is None else f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]"])
+    out += _table(header, rows)
+    held = diffs.get("heldout") or {}
+    if held.get("rows"):
+        out += ["", f"## Held-out domain check: `{held['domain']}` (owner {held['owner']}), not in the "
+                "`*-heldout` routers' fit", "",
+                f"Win rate under {held['owner']}'s rule on {held['domain']} prompts, and its difference to uniform.",
+                ""]
+        out += _table(["method", "win rate", "vs uniform"],
+                      [[label(m), f"{v['win']:.3f}", _ci(v["vs_uniform"])] for m, v in held["rows"].items()])
+    return out
 
 
 def plot(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
@@ -103,6 +150,21 @@ def plot(result: Mapping[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
         written.append(out_dir / name)
+    diffs = (result.get("differences") or {}).get("rows") or {}
+    rows = [(m, v["uniform"]) for m, v in diffs.items() if "uniform" in v]
+    if rows:
+        fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
+        y = np.arange(len(rows))
+        est = np.array([r[1][0] for r in rows])
+        ax.errorbar(est, y, xerr=[est - np.array([r[1][1] for r in rows]), np.array([r[1][2] for r in rows]) - est],
+                    fmt="o", capsize=3)
+        ax.axvline(0, color="grey", linewidth=0.8, linestyle="--")
+        ax.set_yticks(y, [label(m).removeprefix("GRPO + ") for m, _ in rows], fontsize=8)
+        ax.set_xlabel("mean own-domain win rate minus uniform's (95% CI)")
+        fig.tight_layout()
+        fig.savefig(out_dir / "differences_vs_uniform.png", dpi=110)
+        plt.close(fig)
+        written.append(out_dir / "differences_vs_uniform.png")
     return written
 
 

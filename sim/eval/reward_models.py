@@ -25,6 +25,7 @@ from client_agent.rewards import BradleyTerryLoss, FrozenMLPReward, LoraMiniLMRe
 from corpus.types import PreferencePair
 
 DP_RNG = "insecure_pilot (seeded for reproducibility; not a cryptographic RNG)"
+DP_RNG_SECURE = "secure (CSPRNG noise, unseeded: production DP, as members run it)"
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,13 @@ def build_model(arch: str, seed: int) -> RewardModel:
 
 
 def train_client_model(arch: str, pairs: Sequence[PreferencePair], *, budget: PrivacyBudget, seed: int,
-                       epoch_factor: float = 1.0, progress: bool = True) -> tuple[RewardModel, PrivateTrainingResult]:
-    """One client's reward model, trained in place under DP-SGD to exactly ``budget``."""
+                       epoch_factor: float = 1.0, progress: bool = True, secure: bool = False
+                       ) -> tuple[RewardModel, PrivateTrainingResult]:
+    """One client's reward model, trained in place under DP-SGD to exactly ``budget``.
+
+    ``secure``: CSPRNG noise and no seed, exactly as a member runs it (``seed`` then only
+    initialises the weights); otherwise the seeded insecure pilot, for reproducibility.
+    """
     recipe = RECIPES[arch]
     model = build_model(arch, seed)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=recipe.learning_rate)
@@ -68,7 +74,7 @@ def train_client_model(arch: str, pairs: Sequence[PreferencePair], *, budget: Pr
             model=model, optimizer=optimizer, train_pairs=pairs, budget=budget, max_budget=budget,
             epochs=max(1, round(recipe.epochs * epoch_factor)), batch_size=min(recipe.batch_size, len(pairs)),
             max_grad_norm=recipe.max_grad_norm, clipping=recipe.clipping,  # type: ignore[arg-type]
-            secure_mode=False, insecure_pilot=True, seed=seed, progress=progress,
+            secure_mode=secure, insecure_pilot=not secure, seed=None if secure else seed, progress=progress,
         )
     return model, result
 

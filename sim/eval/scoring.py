@@ -5,7 +5,10 @@ averaging raw scores would let the loudest model win. Each model is z-scored wit
 std of its own scores on the *public* calibration batch — the same
 :class:`wire.calibration.Calibration` the agents report and the server measures — so the fusion
 sees comparable numbers without touching private data. A mixture is ``sum_k w_k(x) z_k`` with the
-weights of a :mod:`server.router` router — the very code the networked server fuses with.
+weights of a :mod:`server.router` router — the very code the networked server fuses with — combined
+by a :class:`~server.router.MixingRule` (plain sum, group-normalised, or mean − λ·std). The GRPO
+groups of a batch are the items sharing a prompt id. The oracle mixture gives each prompt's domain
+owner weight 1 (it reads the prompt's domain label, which no deployable router has).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import torch
 
 from client_agent.rewards.base import RewardModel
 from corpus.types import PreferencePair, Prompt
-from server.router import RouterBase, prompt_features
+from server.router import PLAIN_MIXING, MixingRule, RouterBase, prompt_features
+from server.router.mixing import group_ids
 from sim.errors import EvalRunError
 from wire.calibration import Calibration, CalibrationError
 
@@ -81,11 +85,12 @@ class Mixture:
     """``sum_k w_k(x) z_k`` over calibrated members, with a router's input-conditioned weights."""
 
     def __init__(self, name: str, members: Sequence[CalibratedModel], router: RouterBase,
-                 features: PromptFeatures) -> None:
+                 features: PromptFeatures, *, mixing: MixingRule = PLAIN_MIXING) -> None:
         if tuple(m.name for m in members) != tuple(router.agents):
             raise EvalRunError(f"mixture {name!r}: members {[m.name for m in members]} differ from the router's "
                                f"agents {list(router.agents)}")
         self.name, self.members, self.router, self.features = name, tuple(members), router, features
+        self.mixing = mixing
 
     def weights(self, prompts: Sequence[Prompt]) -> torch.Tensor:
         """``[B, K]`` router weights for each prompt, columns in member order."""
@@ -97,7 +102,30 @@ class Mixture:
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
         if not prompts:
             return torch.empty(0, dtype=torch.float64)
-        return self.router.fuse(self.features(prompts), self.member_scores(prompts, responses))
+        scores = self.member_scores(prompts, responses)
+        if self.mixing.is_plain:
+            return self.router.fuse(self.features(prompts), scores)
+        stacked = torch.stack([scores[m.name] for m in self.members], dim=1)
+        return self.mixing.mix(self.weights(prompts).double(), stacked, group_ids([p.prompt_id for p in prompts]))
+
+
+class OracleMixture(Mixture):
+    """Weight 1 on the member that owns each prompt's domain (uniform where no member owns it)."""
+
+    def __init__(self, name: str, members: Sequence[CalibratedModel], owners: dict[str, str]) -> None:
+        self.name, self.members, self.owners, self.mixing = name, tuple(members), dict(owners), PLAIN_MIXING
+
+    def weights(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        names = [m.name for m in self.members]
+        rows = [[float(n == self.owners[p.domain]) for n in names] if p.domain in self.owners
+                else [1 / len(names)] * len(names) for p in prompts]
+        return torch.tensor(rows, dtype=torch.float64).reshape(len(prompts), len(names))
+
+    def score(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> torch.Tensor:
+        if not prompts:
+            return torch.empty(0, dtype=torch.float64)
+        scores = self.member_scores(prompts, responses)
+        return (self.weights(prompts) * torch.stack([scores[m.name] for m in self.members], dim=1)).sum(1)
 
 
 def scorer_pair_accuracy(scorer: Scorer, pairs: Sequence[PreferencePair]) -> float:
@@ -105,6 +133,6 @@ def scorer_pair_accuracy(scorer: Scorer, pairs: Sequence[PreferencePair]) -> flo
     if not pairs:
         raise EvalRunError("pair accuracy: no pairs")
     prompts = [p.prompt for p in pairs]
-    chosen = scorer.score(prompts, [p.chosen for p in pairs])
-    rejected = scorer.score(prompts, [p.rejected for p in pairs])
+    both = scorer.score(prompts + prompts, [p.chosen for p in pairs] + [p.rejected for p in pairs])
+    chosen, rejected = both[: len(pairs)], both[len(pairs):]  # one call: a pair is one group for group-normalising
     return float(((chosen > rejected).double() + 0.5 * (chosen == rejected).double()).mean())

@@ -44,6 +44,16 @@ def test_uniforms_are_open_interval_and_uniform():
     assert stats.kstest(u.numpy(), "uniform").pvalue > ALPHA
 
 
+def test_the_extreme_keystream_words_still_give_uniforms_strictly_inside_0_1(monkeypatch):
+    """All-ones and all-zeros words are the grid's ends: 1.0 or 0.0 there would make log(u) infinite."""
+    stream = CsprngStream()
+    for fill in (0xFF, 0x00):
+        monkeypatch.setattr(stream, "_keystream", lambda n, fill=fill: bytearray([fill]) * n)
+        u = stream.uniform(4)
+        assert bool(((u > 0) & (u < 1)).all()), u
+        assert bool(torch.isfinite(u.log()).all())
+
+
 def test_gaussian_shape_dtype_and_zero_std():
     stream = CsprngStream()
     noise = stream.gaussian((3, 5), 0.5)

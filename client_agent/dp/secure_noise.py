@@ -10,8 +10,10 @@ no build for torch 2.13. This module provides the same two ingredients from the 
   keyed with 256 bits from :func:`os.urandom` (the OS CSPRNG) and re-keyed from it every
   2**30 bytes. There is no seed parameter anywhere: two streams never repeat each other.
   (ChaCha20 rather than ``os.urandom`` alone because it is ~3x faster here, 1 GB/s vs 0.35 GB/s.)
-* **Uniforms.** 53 random bits ``k`` become ``(k + 1/2) / 2**53``: the open interval (0, 1), so
-  ``log(u)`` is always finite and every value of that grid is equally likely.
+* **Uniforms.** 52 random bits ``k`` become ``(k + 1/2) / 2**52``: every such value is an exact
+  double strictly inside (0, 1), so ``log(u)`` is always finite and every value of that grid is
+  equally likely. (53 bits would not do: ``2**53 - 1/2`` is not a double and rounds up to
+  ``2**53``, so the largest draw would be exactly 1.0.)
 * **Gaussian, hardened against floating-point attacks.** Mironov (2012, "On significance of
   the least significant bits for differential privacy", ACM CCS) showed that a textbook
   floating-point Laplace sampler leaks the noiseless value through which doubles it can and
@@ -38,7 +40,7 @@ import torch
 
 GAUSSIAN_DRAWS = 4  # 2n with n = 2 (Holohan & Braghin 2021, section 5.1; as Opacus secure_mode)
 _REKEY_BYTES = 1 << 30  # far below ChaCha20's 2**32-block counter limit (256 GiB) per key
-_MANTISSA = 53
+_GRID_BITS = 52
 # Noise values made per pass of :meth:`CsprngStream.add_gaussian_`: GAUSSIAN_DRAWS * 8 Ki float64 draws
 # (256 KiB) stay in the CPU cache and bound the extra memory of a step, whatever the model's size.
 NOISE_CHUNK = 1 << 13
@@ -102,13 +104,13 @@ class CsprngStream:
         return bytes(self._keystream(n))
 
     def uniform(self, n: int) -> torch.Tensor:
-        """``n`` float64 uniforms in the open interval (0, 1) on a 2**-53 grid."""
+        """``n`` float64 uniforms in the open interval (0, 1), on the grid ``(k + 1/2) / 2**52``."""
         if n <= 0:
             return torch.empty(0, dtype=torch.float64)
         raw = torch.frombuffer(self._keystream(8 * n), dtype=torch.int64)
-        # top 53 bits of each word; the mask undoes the sign extension of the arithmetic shift
-        raw.bitwise_right_shift_(64 - _MANTISSA).bitwise_and_((1 << _MANTISSA) - 1)
-        return raw.to(torch.float64).add_(0.5).mul_(2.0 ** -_MANTISSA)  # a copy: the scratch buffer is reused
+        # top 52 bits of each word; the mask undoes the sign extension of the arithmetic shift
+        raw.bitwise_right_shift_(64 - _GRID_BITS).bitwise_and_((1 << _GRID_BITS) - 1)
+        return raw.to(torch.float64).add_(0.5).mul_(2.0 ** -_GRID_BITS)  # a copy: the scratch buffer is reused
 
     def standard_normal(self, n: int) -> torch.Tensor:
         """``n`` independent N(0, 1) float64 draws (Box–Muller, both outputs used)."""

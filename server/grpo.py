@@ -20,10 +20,12 @@ function returns, and report. Why these choices:
 - A clean stop (``stop`` returns a reason, e.g. after SIGTERM) is honoured at a step
   boundary by a TrainerCallback: the step in flight finishes (its federated round was paid
   for), a checkpoint is saved whatever ``save_steps`` says, and the result says where and why.
-- Scoring is overlapped with generation by default (``overlap_scoring``): each step's slice of
-  a generation batch is sent to the reward function as soon as it is generated, on a worker
-  thread, while TRL generates the next slice and computes log-probabilities
-  (:mod:`server.grpo_overlap`, which says why this keeps every reward on its own completion).
+- Scoring is overlapped with generation (``overlap_scoring``; ``auto``: when the policy runs on
+  a GPU): each step's slice of a generation batch is sent to the reward function as soon as it
+  is generated, on a worker thread, while TRL generates the next slice and computes
+  log-probabilities (:mod:`server.grpo_overlap`, which says why this keeps every reward on its
+  own completion). On a CPU the round's work (members, service) competes with generation for
+  the same cores, and the overlap measured slower (docs/benchmarks.md), hence ``auto``.
 
 The reward function is the server's hook: one call = one batch of G completions per prompt,
 which the server turns into one federated scoring round. It receives TRL's keyword columns
@@ -45,7 +47,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import TrainerCallback
@@ -85,7 +87,8 @@ class GRPORunConfig:
     device: str = "auto"  # auto | cpu | cuda
     attn_implementation: str | None = None  # None: transformers' default for the family
     steps_per_generation: int = 1  # TRL's: one generation batch (and one round per step's slice) feeds S steps
-    overlap_scoring: bool = True  # start each slice's round as soon as it is generated (server.grpo_overlap)
+    # start each slice's round as soon as it is generated (server.grpo_overlap); auto: when generating on a GPU
+    overlap_scoring: bool | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         if not (self.beta > 0 and math.isfinite(self.beta)):
@@ -244,8 +247,9 @@ def run_grpo(
     steps: list[dict[str, Any]] = []
     stopper = _StopAtStepBoundary(stop)
     checked = _checked(reward_fn)
+    overlap = on_gpu if config.overlap_scoring == "auto" else config.overlap_scoring
     pipeline = ScoringPipeline(checked, slices=config.steps_per_generation, overlap_when=overlap_when) \
-        if config.overlap_scoring else None
+        if overlap else None
     kwargs: dict[str, Any] = dict(
         model=str(model_path), args=args, train_dataset=_dataset(prompts), peft_config=peft_config,
         processing_class=load_processor(Path(model_path)), callbacks=[_StepMetrics(steps, step_logger), stopper])

@@ -44,9 +44,10 @@ class TrainingSection(FrozenConfig):
     steps_per_generation: int = Field(
         default=1, ge=1, description="TRL's: one generation batch feeds this many optimisation steps (later steps "
                                      "off-policy, corrected by TRL's importance ratio); one round per step's slice")
-    overlap_scoring: bool = Field(
-        default=True, description="start each slice's federated round as soon as it is generated, while the next "
-                                  "slice is generated and log-probabilities computed (server/grpo_overlap.py)")
+    overlap_scoring: bool | Literal["auto"] = Field(
+        default="auto", description="start each step's federated round as soon as its completions are generated, "
+                                    "while the next are generated and log-probabilities computed "
+                                    "(server/grpo_overlap.py); auto = when the policy runs on a GPU")
     use_lora: bool = True
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="policy weights; bfloat16/float16 also switch on that mixed precision")

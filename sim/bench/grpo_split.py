@@ -46,10 +46,40 @@ from sim.errors import BenchMeasurementError
 DEADLINE_S = 60.0
 SPG = 4  # steps_per_generation of the second run
 APART, OVERLAPPED, LOCAL = "trainer apart", "trainer apart, overlapped", "coordinator in the trainer"
+WAIT, WAIT_OVERLAPPED = "round as waiting only", "round as waiting only, overlapped"
+
+
+def _timed(reward: Callable[..., Any], seen: list[float]) -> Callable[..., Any]:
+    """``reward``, recording each call's wall time (a round's, for the waiting-only model below)."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return reward(*args, **kwargs)
+        finally:
+            seen.append(time.perf_counter() - start)
+
+    return timed
+
+
+def _waiting(reward: Callable[..., Any], seen: list[float]) -> Callable[..., Any]:
+    """The in-process reward after sleeping as long as the real rounds took (median, warm-up round left out).
+
+    A model of members and service on other machines: the round costs the trainer's machine
+    nothing but time, which is what the overlap can hide where compute is not shared.
+    """
+
+    def waiting(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(statistics.median(seen[1:] or seen or [0.0]))
+        return reward(*args, **kwargs)
+
+    return waiting
 
 
 def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], http: httpx.Client, run_id: str,
               *, local_too: bool) -> tuple[dict[str, Callable[..., Any]], list[FederatedReward]]:
+    """S = 1: in-process, trainer apart (sequential, overlapped), coordinator in the trainer;
+    S > 1: in-process, trainer apart (sequential, overlapped), and the waiting-only model of each."""
     router = LearnedRouter(tuple(members), feature_dim=FEATURE_DIM, hidden=16, seed=1)  # as section 6's, here's members
     coordinator = RoundCoordinator(state=server.state, audit=server.audit, privacy=server.services.privacy,
                                    router=router, policy=RoundPolicy(quorum=3, deadline_s=DEADLINE_S),
@@ -58,16 +88,27 @@ def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], ht
     rounds.set_ready(coordinator, prompts)
     server.api.server.config.app.state.trainer_rounds = rounds  # what `serve --training` attaches
     remote = [FederatedReward(RemoteRounds(http, poll_wait_s=10.0), prompts, run_id=f"{run_id}-{k}") for k in (0, 1)]
-    variants: dict[str, Callable[..., Any]] = {"in-process": in_process_reward(prompts), APART: remote[0],
-                                               OVERLAPPED: remote[1]}
+    sequential_rounds: list[float] = []
+    overlapped_rounds: list[float] = []
+    variants: dict[str, Callable[..., Any]] = {"in-process": in_process_reward(prompts),
+                                               APART: _timed(remote[0], sequential_rounds),
+                                               OVERLAPPED: _timed(remote[1], overlapped_rounds)}
+    federated = list(remote)
     if local_too:
-        variants[LOCAL] = FederatedReward(coordinator, prompts)
-    return variants, [v for v in variants.values() if isinstance(v, FederatedReward)]
+        federated.append(FederatedReward(coordinator, prompts))
+        variants[LOCAL] = federated[-1]
+    else:  # each waiting model sleeps as long as its real counterpart's rounds (same items per round)
+        variants[WAIT] = _waiting(in_process_reward(prompts), sequential_rounds)
+        variants[WAIT_OVERLAPPED] = _waiting(in_process_reward(prompts), overlapped_rounds)
+    return variants, federated
 
 
 def _run_batches(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Callable[..., Any]], out: Path,
                  rounds: int, spg: int) -> dict[str, dict[str, float]]:
-    """One GRPO run; generation batch j (``spg`` steps) uses variant j mod V, batch 0 (warm-up) dropped.
+    """One GRPO run; generation batch j (``spg`` steps) uses variant j mod V; the first V batches are dropped.
+
+    Each variant's first batch pays one-off costs (the trainer's warm-up, the first round of a run
+    id in the service), so each variant gets a warm-up batch of its own.
 
     Returns per variant the median step time, and the median round wall time and time TRL's
     reward call waited per batch.
@@ -84,9 +125,10 @@ def _run_batches(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Ca
 
     reward.__name__ = "bench_reward"
     stamps: list[float] = []
-    batches = 1 + rounds * len(names)
+    batches = (1 + rounds) * len(names)
     config = GRPORunConfig(output_dir=out, max_steps=batches * spg, group_size=4, per_device_batch=8,
-                           max_completion_length=16, save_steps=10_000, seed=0, steps_per_generation=spg)
+                           max_completion_length=16, save_steps=10_000, seed=0, steps_per_generation=spg,
+                           overlap_scoring=True)  # overlap_when picks the batches
     result = run_grpo(model_path=policy, prompts=prompts, reward_fn=reward, config=config, resume=False,
                       step_logger=lambda _record: stamps.append(time.perf_counter()),
                       overlap_when=lambda step: variant_of(step) == OVERLAPPED)
@@ -94,13 +136,28 @@ def _run_batches(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Ca
         raise BenchMeasurementError(f"GRPO run logged {len(stamps)} steps and {len(result.overlap)} reward calls, "
                                     f"expected {batches * spg} and {batches}")
     samples: dict[str, dict[str, list[float]]] = {n: {"step": [], "round": [], "exposed": []} for n in names}
-    for record in result.overlap[1:]:
+    for record in result.overlap[len(names):]:
         j = record.step // spg
         got = samples[variant_of(record.step)]
         got["step"].append((stamps[(j + 1) * spg - 1] - stamps[j * spg - 1]) / spg)
         got["round"].append(record.round_s)
         got["exposed"].append(record.exposed_s)
     return {n: {k: statistics.median(v) for k, v in got.items()} for n, got in samples.items()}
+
+
+def _overlap_figures(got: dict[str, dict[str, list[float]]], seq: str, over: str, what: str, at: str
+                     ) -> list[Figure]:
+    base = got["in-process"]["step"]
+    return [
+        paired(SECTION, f"GRPO step, {seq}, sequential ({what}, {at})", "s", got[seq]["step"],
+               "in-process reward", base),
+        paired(SECTION, f"GRPO step, {seq}, overlapped ({what}, {at})", "s", got[over]["step"],
+               "in-process reward", base),
+        paired(SECTION, f"GRPO step, {seq}, overlapped vs sequential ({at})", "s", got[over]["step"],
+               "sequential", got[seq]["step"]),
+        paired(SECTION, f"{seq}: round time left on the critical path, overlapped ({at}; 1 - ratio = share hidden)",
+               "s", got[over]["exposed"], "round wall time", got[over]["round"]),
+    ]
 
 
 def measure(*, policy: Path, prompts: Sequence[Prompt], repeats: int, rounds: int) -> list[Figure]:
@@ -138,19 +195,10 @@ def measure(*, policy: Path, prompts: Sequence[Prompt], repeats: int, rounds: in
     figures = []
     for spg, got in runs.items():
         at = f"steps_per_generation {spg}"
-        base = got["in-process"]["step"]
-        figures += [
-            paired(SECTION, f"GRPO step, trainer apart, sequential ({what}, {at})", "s", got[APART]["step"],
-                   "in-process reward", base),
-            paired(SECTION, f"GRPO step, trainer apart, overlapped ({what}, {at})", "s", got[OVERLAPPED]["step"],
-                   "in-process reward", base),
-            paired(SECTION, f"GRPO step, overlapped vs sequential ({at})", "s", got[OVERLAPPED]["step"],
-                   "sequential", got[APART]["step"]),
-            paired(SECTION, f"round time left on the critical path, overlapped ({at}; 1 - ratio = share hidden)",
-                   "s", got[OVERLAPPED]["exposed"], "round wall time", got[OVERLAPPED]["round"]),
-            paired(SECTION, f"reward wait per batch, overlapped vs sequential ({at})", "s",
-                   got[OVERLAPPED]["exposed"], "sequential", got[APART]["exposed"]),
-        ]
+        figures += _overlap_figures(got, APART, OVERLAPPED, what, at)
+        if spg != 1:
+            figures += _overlap_figures(got, WAIT, WAIT_OVERLAPPED, "in-process reward + sleep of the real rounds' "
+                                        "median", at)
     local = runs[1][LOCAL]
     figures += [
         paired(SECTION, f"GRPO step, coordinator in the trainer, sequential ({what}, steps_per_generation 1)", "s",

@@ -44,7 +44,10 @@ def prepare_reference(work_dir: Path, *, n_sft: int, steps: int, progress: bool 
     """Warm-start the base VLM (cached under ``work_dir``); the reference's path.
 
     The base is ``model_path`` (e.g. the pretrained VLM of ``mor model build``) or, without it,
-    the offline toy VLM built here. Each base gets its own warm-start folder.
+    the offline toy VLM built here. Each base gets its own warm-start folder. A pretrained base
+    keeps its language model frozen and learns the neutral answers through the vision tower,
+    the connector and a LoRA on the language model (merged), at a lower learning rate: full
+    fine-tuning at the toy's rate would overwrite what pretraining gave it.
     """
     if model_path is None:
         base, warm = work_dir / "base", work_dir / "warm"
@@ -58,6 +61,9 @@ def prepare_reference(work_dir: Path, *, n_sft: int, steps: int, progress: bool 
                                   "(e.g. the output of `mor model build`)")
         warm = work_dir / f"warm-{hashlib.sha256(str(base).encode()).hexdigest()[:12]}"
     config = WarmStartConfig(steps=steps, warmup_steps=max(1, steps // 15))
+    if model_path is not None:
+        config = WarmStartConfig(steps=steps, warmup_steps=max(1, steps // 15), train="vision", lora_r=8,
+                                 learning_rate=1e-3)
     return warm_start(base, neutral_sft_examples(n_sft), out_dir=warm, config=config, show_progress=progress).path
 
 

@@ -6,7 +6,7 @@ Sections (issue #6), each a module with ``run(*, repeats, smoke, seed) -> Sectio
 1     :mod:`sim.bench.exchange`   one 512-response round, 3 real reward models, mTLS vs in-process
 2     :mod:`sim.bench.ckks_cost`  CKKS seal+open per score and bytes per score, 64..4096 scores
 3     :mod:`sim.bench.dp_step`    DP step as members run it vs non-private: time, peak memory
-4     :mod:`sim.bench.ingest`     server ingest under 8/32/64 concurrent agent processes
+4     :mod:`sim.bench.ingest`     server ingest over 8/32/64 connections, binary vs JSON transport
 5     :mod:`sim.bench.scaling`    round latency for 2..64 agents
 6     :mod:`sim.bench.grpo_step`  GRPO step with the federated reward vs an in-process reward,
                                   and with the trainer apart from the service (:mod:`sim.bench.grpo_split`)

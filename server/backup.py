@@ -59,6 +59,7 @@ FORMAT = "mor-server-backup/1"
 MANIFEST, SIGNATURE, STATE = "manifest.json", "manifest.sig", "state.jsonl.gz"
 AUDIT_FILES = (ENTRIES, CHECKPOINTS, PUBLIC_KEY)
 TARBALL_SUFFIXES = (".tar.gz", ".tgz")
+MAX_MANIFEST_BYTES = 1 << 20
 BACKUP_MEMBERS = frozenset({"backup", "backup/audit", f"backup/{MANIFEST}", f"backup/{SIGNATURE}", f"backup/{STATE}",
                             *(f"backup/audit/{name}" for name in AUDIT_FILES)})  # all a tarball of ours holds
 
@@ -145,7 +146,7 @@ def backup(config: ServerConfig, out: Path, *, now: float | None = None) -> dict
             store.engine.dispose()
         _, log_state = scan(work / "audit", key.verify_key())
         last = log_state.last_checkpoint
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": FORMAT, "created_at": time.time() if now is None else now, "schema_revision": revision,
             "source_dialect": dialect, "tables": counts, "origin": report.origin,
             "audit": {"size": log_state.tree.size, "root": log_state.tree.root().hex(),
@@ -154,6 +155,7 @@ def backup(config: ServerConfig, out: Path, *, now: float | None = None) -> dict
             "files": {rel: sha256_file(work / rel) for rel in [STATE, *(f"audit/{n}" for n in AUDIT_FILES)]
                       if (work / rel).exists()},
         }
+        manifest["sizes"] = {rel: (work / rel).stat().st_size for rel in manifest["files"]}
         body = canonical_json(manifest)
         (work / MANIFEST).write_bytes(body)
         (work / SIGNATURE).write_text(key.sign(body).hex() + "\n", "ascii")
@@ -191,9 +193,52 @@ def _publish(work: Path, out: Path) -> None:
     shutil.move(str(work), str(out))
 
 
+def verified_manifest(body: bytes, signature_hex: str, key: SigningKey, where: Path) -> dict[str, Any]:
+    """The manifest, once its signature by this server's key checks; StateError otherwise."""
+    try:
+        key.verify_key().verify(bytes.fromhex(signature_hex.strip()), body)
+        manifest = json.loads(body)
+    except (ValueError, CryptoError) as exc:
+        raise StateError(f"{where}: not a backup signed by this server's key ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise StateError(f"{where}: the manifest is not a JSON object")
+    return manifest
+
+
+def _check_members_against_manifest(tar: tarfile.TarFile, members: list[tarfile.TarInfo], key: SigningKey,
+                                    source: Path) -> None:
+    """Before anything is written: the signed manifest checks and every file has the size it lists.
+
+    So a tarball that pairs a genuine manifest with a huge substitute file (or one that is not
+    ours at all) is refused having written nothing; the digests are checked after unpacking.
+    """
+    by_name = {m.name: m for m in members}
+    small: dict[str, bytes] = {}
+    for name in (MANIFEST, SIGNATURE):
+        member = by_name.get(f"backup/{name}")
+        if member is None or not member.isfile() or member.size > MAX_MANIFEST_BYTES:
+            raise StateError(f"{source}: not a backup written by mor server backup: backup/{name} is missing or "
+                             "too large")
+        handle = tar.extractfile(member)
+        small[name] = handle.read() if handle is not None else b""
+    manifest = verified_manifest(small[MANIFEST], small[SIGNATURE].decode("ascii", "replace"), key, source)
+    sizes = manifest.get("sizes")
+    if not isinstance(sizes, dict):
+        return  # a backup from before sizes were recorded: its digests are still checked after unpacking
+    for member in members:
+        rel = member.name.removeprefix("backup/")
+        if member.isfile() and rel not in (MANIFEST, SIGNATURE) and sizes.get(rel) != member.size:
+            raise StateError(f"{source}: {member.name} is {member.size} bytes, the signed manifest lists "
+                             f"{sizes.get(rel)}: not the backup that was signed; nothing was unpacked")
+
+
 @contextlib.contextmanager
-def opened_backup(source: Path) -> Iterator[Path]:
-    """The backup's directory: ``source`` itself, or a tarball unpacked (data filter: no links, no escapes)."""
+def opened_backup(source: Path, key: SigningKey | None = None) -> Iterator[Path]:
+    """The backup's directory: ``source`` itself, or a tarball unpacked (data filter: no links, no escapes).
+
+    With ``key`` a tarball is unpacked only after its signed manifest checks and lists every
+    file's size as found in the tarball.
+    """
     source = Path(source)
     if source.is_dir():
         yield source
@@ -208,6 +253,8 @@ def opened_backup(source: Path) -> Iterator[Path]:
                 if stray:  # refused before anything is written: a hostile file cannot fill the disk with extras
                     raise StateError(f"{source}: not a backup written by mor server backup: it holds "
                                      f"{stray[0]!r}" + (f" and {len(stray) - 1} more" if len(stray) > 1 else ""))
+                if key is not None:
+                    _check_members_against_manifest(tar, members, key, source)
                 tar.extractall(tmp, members=members, filter="data")
         except (tarfile.TarError, OSError, EOFError) as exc:
             raise StateError(f"{source}: not a readable backup tarball ({exc})") from None

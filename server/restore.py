@@ -36,7 +36,6 @@ from sqlalchemy.engine import Connection, make_url
 from audit import AuditLog, verify_log
 from audit.storage import ENTRIES, fsync_dir, read_lines
 from audit.verify import LogState, scan
-from crypto.errors import CryptoError
 from crypto.signing import SigningKey
 from server.backup import (
     AUDIT_FILES,
@@ -47,6 +46,7 @@ from server.backup import (
     opened_backup,
     server_key,
     sha256_file,
+    verified_manifest,
     writer_lock,
 )
 from server.config import ServerConfig
@@ -67,11 +67,10 @@ def _rows(directory: Path) -> Any:
 def check_backup(directory: Path, key: SigningKey) -> tuple[dict[str, Any], LogState]:
     """The backup's manifest and audit log, once every check of the module docstring passed."""
     try:
-        body = (directory / MANIFEST).read_bytes()
-        key.verify_key().verify(bytes.fromhex((directory / SIGNATURE).read_text("ascii").strip()), body)
-        manifest: dict[str, Any] = json.loads(body)
-    except (OSError, ValueError, CryptoError) as exc:
+        body, signature = (directory / MANIFEST).read_bytes(), (directory / SIGNATURE).read_text("ascii")
+    except (OSError, ValueError) as exc:
         raise StateError(f"{directory}: not a backup signed by this server's key ({exc})") from None
+    manifest = verified_manifest(body, signature, key, directory)
     if manifest.get("format") != FORMAT:
         raise StateError(f"{directory}: backup format {manifest.get('format')!r}, this software reads {FORMAT!r}")
     for rel, digest in manifest["files"].items():
@@ -226,7 +225,7 @@ def restore(config: ServerConfig, source: Path, *, force: bool = False) -> dict[
     """Restore ``source`` into ``config``'s database and audit directory; what was done."""
     section = config.server
     key = server_key(config)
-    with opened_backup(Path(source)) as directory:
+    with opened_backup(Path(source), key) as directory:
         manifest, log = check_backup(directory, key)
         with writer_lock(section.audit_dir):
             occupied = _check_target(config, log.files[ENTRIES].lines, force)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +190,26 @@ def test_a_backup_that_does_not_prove_itself_is_refused_and_nothing_changes(
     with pytest.raises(StateError, match=refusal):
         restore(load_server_config(target), out)
     assert not (Path(str(server_data(target)["audit_dir"])) / "entries.jsonl").exists()
+
+
+def test_a_tarball_with_a_substituted_file_is_refused_before_anything_is_unpacked(
+        site: tuple[Site, dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A genuine signed manifest beside a large substitute state file: refused from the tar headers alone."""
+    s, _ = site
+    genuine = s.root / "genuine"
+    backup(load_server_config(s.config), genuine)
+    manifest = json.loads((genuine / "manifest.json").read_bytes())
+    assert manifest["sizes"]["state.jsonl.gz"] == (genuine / "state.jsonl.gz").stat().st_size
+    (genuine / "state.jsonl.gz").write_bytes(b"\0" * (4 << 20))  # what a hostile copy would unpack
+    hostile = s.root / "hostile.tar.gz"
+    with tarfile.open(hostile, "w:gz") as tar:
+        tar.add(genuine, arcname="backup")
+    unpacked: list[str] = []
+    monkeypatch.setattr(tarfile.TarFile, "extractall", lambda self, *a, **k: unpacked.append("called"))
+    target = s.target("t-substituted")
+    with pytest.raises(StateError, match="the signed manifest lists .* nothing was unpacked"):
+        restore(load_server_config(target), hostile)
+    assert unpacked == [] and not (Path(str(server_data(target)["audit_dir"])) / "entries.jsonl").exists()
 
 
 def test_retention_deletes_old_closed_rounds_and_logs_each_deletion_first(tmp_path: Path) -> None:

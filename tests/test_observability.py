@@ -115,7 +115,10 @@ def test_readiness_false_without_the_audit_directory_or_with_an_expired_crl(worl
     audit_dir.rename(moved)
     try:
         reply = world.get("/readyz")
-        assert reply.status_code == 503 and "missing" in reply.json()["checks"]["audit_log"]
+        assert reply.status_code == 503 and reply.json()["checks"]["audit_log"].startswith("failing")
+        assert str(audit_dir) not in reply.text, "paths are for the operator's log, not for whoever reaches the port"
+        logged = f"readiness check audit_log failing: audit log directory {audit_dir} is missing"
+        assert logged in world.server.log_text()
         assert world.get("/livez").status_code == 200  # not ready is not dead: no restart loop
     finally:
         moved.rename(audit_dir)
@@ -123,7 +126,8 @@ def test_readiness_false_without_the_audit_directory_or_with_an_expired_crl(worl
     world.pki.ca.refresh_crl(now=dt.datetime.now(dt.UTC) - dt.timedelta(days=40), days=30)
     try:
         reply = world.get("/readyz")
-        assert reply.status_code == 503 and "EXPIRED" in reply.json()["checks"]["crl"]
+        assert reply.status_code == 503 and reply.json()["checks"]["crl"].startswith("failing")
+        assert "readiness check crl failing" in world.server.log_text() and "EXPIRED" in world.server.log_text()
         assert world.metrics()[("mor_crl_expires_in_seconds", ())] < -9 * 86400
     finally:
         world.pki.ca.refresh_crl()

@@ -9,7 +9,9 @@ of it cannot touch the mTLS port's connection bounds — and it binds to loopbac
 * ``/livez`` -> 200 while the process runs and its API thread is alive (503 once it died):
   "restart me" and nothing more.
 * ``/readyz`` -> 200 only when every check of :mod:`server.observability.readiness` passes
-  and the API is serving; else 503 with each check's problem. Both answer JSON.
+  and the API is serving; else 503 naming the failing checks; what is wrong, in full, goes to
+  the party's log (paths and database errors are not for whoever reaches the port). Both
+  answer JSON.
 * ``/metrics`` -> the party's :class:`~server.observability.metrics.PartyMetrics` registry.
 
 Slow and idle clients: uvicorn bounds the listener at :data:`MAX_CONNECTIONS` and answers
@@ -47,6 +49,7 @@ log = logging.getLogger("mor.observability")
 MAX_CONNECTIONS = 32  # a probe listener needs a handful; past this uvicorn answers 503 at once
 MAX_CONNECTIONS_PER_PEER = 8  # a kubelet or Prometheus needs one or two; the rest stay for them
 REQUEST_DEADLINE_S = 5.0  # a probe request is a few hundred bytes: a connection idle this long is closed
+FAILING = "failing (the reason is in the party's log)"
 
 
 def _bounded_protocol() -> type[H11Protocol]:
@@ -96,6 +99,7 @@ class ProbeListener:
         self.host, self.port, self.registry, self.name = host, port, registry, name
         self.checks = {**checks, "api": lambda: "the API listener has not started yet"}
         self._api_alive: Callable[[], bool] = lambda: True
+        self._last_problems: dict[str, str | None] = {}
         app = Starlette(routes=[Route("/livez", self._livez), Route("/readyz", self._readyz),
                                 Route("/metrics", self._metrics)])
         self.server = uvicorn.Server(uvicorn.Config(
@@ -119,8 +123,24 @@ class ProbeListener:
 
         results = await run_in_threadpool(run_checks, self.checks)
         ready = all(problem is None for problem in results.values())
-        body = {"ready": ready, "checks": {name: problem or "ok" for name, problem in results.items()}}
+        self._log_changes(results)
+        body = {"ready": ready, "checks": {name: "ok" if problem is None else FAILING
+                                           for name, problem in results.items()}}
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    def _log_changes(self, results: dict[str, str | None]) -> None:
+        """Each check's problem in full goes to the party's log once when it appears, and its end once.
+
+        Not in the reply: the listener answers anyone who can reach it, and a problem's text names
+        paths, key files and the database driver's error (host, user) — the operator reads it here.
+        """
+        for name, problem in results.items():
+            if problem != self._last_problems.get(name):
+                if problem is None:
+                    log.warning("%s: readiness check %s ok again", self.name, name)
+                else:
+                    log.warning("%s: readiness check %s failing: %s", self.name, name, problem)
+                self._last_problems[name] = problem
 
     async def _metrics(self, _request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool

@@ -119,6 +119,9 @@ class ServerRuntime:
         if self.tls_reloader is not None:
             self.tls_reloader.stop()
         self.services.privacy.close()
+        # closing the pool's connections lets SQLite checkpoint its write-ahead log and remove the -wal and
+        # -shm files: a stopped server leaves one state file, the one a backup or an operator expects
+        self.services.state.engine.dispose()
         self.audit.close()
 
 

@@ -98,6 +98,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, dict[
             backup(load_server_config(site.config), site.root / "while-running")
         assert not (site.root / "while-running").exists()
         assert server.stop() == 0
+    state_file = Path(str(make_url(db).database))
+    leftovers = [c for c in ("-wal", "-shm") if state_file.with_name(state_file.name + c).exists()]
+    assert state_file.is_file() and leftovers == [], "a stopped server leaves one state file"
     yield site, {"task_id": task_id, "receipt": reply.json()}
 
 

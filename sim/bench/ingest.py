@@ -51,7 +51,7 @@ TRANSPORTS = ("json", "binary")  # the first is the baseline
 SENDERS = 2
 SCORES_PER_ENVELOPE = 64
 ENVELOPES = 320  # per level and transport: ~5 per connection at 64, enough to amortise each connection's handshake
-SMOKE_ENVELOPES = 12
+SMOKE_ENVELOPES = 8
 
 
 def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items: int,

@@ -1,6 +1,6 @@
 """``mor demo``: the whole system end to end on this machine (see ``sim/demo/run.py``).
 
-    mor demo [--quick] [--policy FILE] [--out DIR] [--model PATH] [--seed N] [--cache DIR] [--overwrite]
+    mor demo [--quick] [--policy FILE] [--out DIR] [--model PATH | --toy-model] [--seed N] [--cache DIR] [--overwrite]
 
 Prints one line per phase and, at the end, where ``report.html`` is. Exit status 0 when every
 check passed (audit verification, receipt reconciliation, clean stops, LoRA moved, KL finite,
@@ -24,7 +24,10 @@ def register(subparsers: Any) -> None:
                         help="consortium policy TOML (default: the built-in finance policy, ckks)")
     parser.add_argument("--out", type=Path, default=Path("mor-demo"), help="output folder (default ./mor-demo)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="a local Hugging Face VLM checkpoint to align instead of the built-in small VLM")
+                        help="a local Hugging Face VLM checkpoint to align instead of the pretrained default")
+    parser.add_argument("--toy-model", action="store_true",
+                        help="align the 1.6M toy VLM (random weights) instead of the pretrained SmolLM2 VLM: "
+                             "for fast tests; its answers are barely language")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the server's training")
     parser.add_argument("--cache", type=Path, default=None,
                         help="where the built, warm-started VLM is cached (default ~/.cache/mor-secure)")
@@ -37,8 +40,11 @@ def handle(args: argparse.Namespace) -> int:
     from sim.demo import DemoOptions, run_demo
     from sim.errors import SimError
 
+    if args.model is not None and args.toy_model:
+        raise CommandError("--model and --toy-model: choose one policy model")
     policy = args.policy if args.policy is not None else builtin_policy_path("finance")
-    options = DemoOptions(out=args.out, policy=policy, quick=args.quick, model=args.model, seed=args.seed,
+    options = DemoOptions(out=args.out, policy=policy, quick=args.quick, model=args.model,
+                          toy_model=args.toy_model, seed=args.seed,
                           cache=args.cache, overwrite=args.overwrite)
     try:
         outcome = run_demo(options, say=lambda line: print(line, flush=True))

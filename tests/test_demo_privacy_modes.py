@@ -39,7 +39,8 @@ def _server_actions(out: Path) -> Counter[str]:
 def test_round_end_to_end_in_privacy_mode(policy: str, mode: str, cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     env = {**os.environ, **OFFLINE_ENV}
-    run = subprocess.run(mor_command(["demo", "--quick", "--policy", str(REPO_ROOT / "policies" / f"{policy}.toml"),
+    run = subprocess.run(mor_command(["demo", "--quick", "--toy-model", "--policy",
+                                      str(REPO_ROOT / "policies" / f"{policy}.toml"),
                                       "--out", str(out), "--cache", str(cache)]),
                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=840)
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"

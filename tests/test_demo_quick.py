@@ -37,7 +37,7 @@ def _mor(*args: str, timeout: float = 540) -> subprocess.CompletedProcess[str]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("demo")
     started = time.monotonic()
-    run = _mor("demo", "--quick", "--out", str(tmp / "out"), "--cache", str(tmp / "cache"))
+    run = _mor("demo", "--quick", "--toy-model", "--out", str(tmp / "out"), "--cache", str(tmp / "cache"))
     elapsed = time.monotonic() - started
     assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
     results = json.loads((tmp / "out" / "results.json").read_text("utf-8"))

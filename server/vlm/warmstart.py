@@ -28,7 +28,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -152,8 +152,14 @@ def warm_start(
     config: WarmStartConfig | None = None,
     show_progress: bool = True,
     held_out: Sequence[tuple[Prompt, str]] = (),
+    threads: Callable[[], int] | None = None,
 ) -> WarmStartResult:
     """Supervised pass of ``model_dir`` on (prompt, good answer) pairs; result under ``out_dir``.
+
+    ``threads``, asked before every step, is how many torch threads the step may use: a caller
+    that shares the cores with other work (the demo's DP trainers) passes 1 while that work runs.
+    Two threads on cores another process keeps busy make each step several times slower than
+    one, because every parallel operation waits for its descheduled half.
 
     Returns the cached result when ``out_dir`` already holds a finished run for the same
     checkpoint, settings and examples.
@@ -178,6 +184,7 @@ def warm_start(
     encoded = [_encode_example(processor, p, a) for p, a in tqdm(examples, desc="encode",
                                                                           disable=None if show_progress else True)]
     held = [_encode_example(processor, p, a) for p, a in held_out]
+    _use_threads(threads)
     scores = {"loss_before": _mean_loss(model, held, processor.tokenizer.pad_token_id)} if held else {}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -186,6 +193,7 @@ def warm_start(
     losses: list[float] = []
     progress = tqdm(range(config.steps), desc="warm start", disable=None if show_progress else True)
     for step in progress:
+        _use_threads(threads)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate * _lr_factor(step, config)
         picks = torch.randint(len(encoded), (config.batch_size,), generator=generator).tolist()
@@ -216,6 +224,11 @@ def warm_start(
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
     return WarmStartResult(final, False, losses, time.perf_counter() - started, scores)
+
+
+def _use_threads(threads: Callable[[], int] | None) -> None:
+    if threads is not None and (wanted := max(1, threads())) != torch.get_num_threads():
+        torch.set_num_threads(wanted)
 
 
 _LANGUAGE_PARTS = ("language_model", "text_model", "lm_head")

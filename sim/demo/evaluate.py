@@ -26,6 +26,34 @@ class ClientPreference:
     win_rate_own_domain: float | None  # on the client's own domain(s) only
     utility_before: float
     utility_after: float
+    win_rate_ci: tuple[float, float] = (0.5, 0.5)  # 95% bootstrap interval over prompts
+    own_domain_ci: tuple[float, float] | None = None
+    own_domain_prompts: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """In words: did alignment measurably move this member's own-domain answers?"""
+        rate, ci = self.win_rate_own_domain, self.own_domain_ci
+        if rate is None or ci is None:
+            return "no prompts of its own domain"
+        if ci[0] > 0.5:
+            return "better (the 95% interval of the win rate is above 0.5)"
+        if ci[1] < 0.5:
+            return "worse (the 95% interval of the win rate is below 0.5)"
+        return "no measurable effect (the 95% interval of the win rate contains 0.5)"
+
+
+def bootstrap_ci(outcomes: Sequence[float], *, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile interval of the mean of per-prompt outcomes (1 win, 1/2 tie, 0 loss), resampling prompts."""
+    import numpy as np
+
+    values = np.asarray(outcomes, dtype=float)
+    if values.size == 0:
+        return (0.5, 0.5)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, values.size, size=(resamples, values.size))].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    return (float(low), float(high))
 
 
 @dataclass
@@ -38,7 +66,10 @@ class Evaluation:
     examples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for name, pref in self.clients.items():
+            out["clients"][name]["verdict"] = pref.verdict
+        return out
 
 
 def compare(prompts: Sequence[Any], before: Sequence[str], after: Sequence[str], styles: Sequence[str]
@@ -56,13 +87,20 @@ def compare(prompts: Sequence[Any], before: Sequence[str], after: Sequence[str],
         u_before = [rule.utility(p, text) for p, text in zip(prompts, before, strict=True)]
         u_after = [rule.utility(p, text) for p, text in zip(prompts, after, strict=True)]
         own = [i for i, p in enumerate(prompts) if p.domain in rule.domains]
+        outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for b, a in zip(u_before, u_after, strict=True)]
         result.clients[name] = ClientPreference(
             win_rate=win_rate(rule, prompts, after, before),
             win_rate_own_domain=win_rate(rule, [prompts[i] for i in own], [after[i] for i in own],
                                          [before[i] for i in own]) if own else None,
-            utility_before=sum(u_before) / len(u_before), utility_after=sum(u_after) / len(u_after))
-    result.examples = [{"domain": p.domain, "question": p.question, "before": b, "after": a}
-                       for p, b, a in list(zip(prompts, before, after, strict=True))[:6]]
+            utility_before=sum(u_before) / len(u_before), utility_after=sum(u_after) / len(u_after),
+            win_rate_ci=bootstrap_ci(outcomes),
+            own_domain_ci=bootstrap_ci([outcomes[i] for i in own]) if own else None, own_domain_prompts=len(own))
+    per_domain: dict[str, int] = {}
+    for p, b, a in zip(prompts, before, after, strict=True):  # two per domain, so every member sees its own
+        if per_domain.get(p.domain, 0) < 2:
+            per_domain[p.domain] = per_domain.get(p.domain, 0) + 1
+            result.examples.append({"domain": p.domain, "question": p.question, "gold": p.gold or "",
+                                    "before": b, "after": a})
     return result
 
 

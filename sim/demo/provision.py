@@ -37,6 +37,7 @@ from sim.harness import LOOPBACK, free_port, keyholder_config, server_config
 from sim.harness import write_toml as _write_toml
 
 MARKER = ".mor-demo"
+PRETRAINED_GRPO_LR = 1e-3
 HEADER = "written by `mor demo` (sim/demo/provision.py)"
 
 
@@ -82,6 +83,13 @@ class Scale:
     def default(cls) -> Scale:
         return cls(n_pairs=400, dp_epochs=4, n_calibration=32, n_public_pairs=96, n_prompts=48, prompts_per_step=2,
                    grpo_steps=16, max_completion_length=16, learning_rate=5e-3, n_eval=96)
+
+    def for_pretrained(self) -> Scale:
+        """The same run for the pretrained 135M policy: whole answers (up to 24 tokens) and a LoRA rate
+        that moves a pretrained model without breaking its language (the toy's 5e-3 would)."""
+        from dataclasses import replace
+
+        return replace(self, max_completion_length=24, learning_rate=PRETRAINED_GRPO_LR)
 
 
 @dataclass(frozen=True)

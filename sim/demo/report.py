@@ -164,15 +164,39 @@ def render_html(results: dict[str, Any]) -> str:
     for title, draw in PLOTS.items():
         parts.append(f"<h3>{html.escape(title)}</h3><img alt='{html.escape(title)}' "
                      f"src='data:image/png;base64,{_png(draw, results)}'>")
+    parts.extend(_effect_section(results))
     examples = (results.get("evaluation") or {}).get("examples", [])
     if examples:
         parts.append("<h2>Example answers</h2>" + _table(
-            [[e["domain"], e["question"], e["before"], e["after"]] for e in examples],
-            ["domain", "question", "reference", "aligned"]))
+            [[e["domain"], e["question"], e.get("gold", ""), e["before"], e["after"]] for e in examples],
+            ["domain", "question", "gold", "reference", "aligned"]))
     parts.append("<h2>Timings (s)</h2>" + _table([[k, v] for k, v in results.get("timings_s", {}).items()],
                                                  ["phase", "seconds"]))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _effect_section(results: dict[str, Any]) -> list[str]:
+    """The measured effect of alignment, in numbers and in words (also when there is none)."""
+    evaluation = results.get("evaluation") or {}
+    clients = evaluation.get("clients") or {}
+    if not clients:
+        return []
+    model = results.get("model") or {}
+    rows = []
+    for name, pref in clients.items():
+        ci = pref.get("own_domain_ci") or (None, None)
+        rows.append([name, pref.get("own_domain_prompts"), pref.get("win_rate_own_domain"), ci[0], ci[1],
+                     pref.get("utility_before"), pref.get("utility_after"), pref.get("verdict", "")])
+    words = [f"{name}: {pref.get('verdict', '')}" for name, pref in clients.items()]
+    return [f"<h2>Effect of alignment</h2><p>Policy: {html.escape(str(model.get('name', model.get('path'))))}. "
+            f"Aligned vs reference on {evaluation.get('n_prompts')} held-out test prompts, greedy answers, judged "
+            f"by each member's hidden rule (win = higher utility, tie = 1/2). Gold accuracy "
+            f"{_fmt(evaluation.get('gold_accuracy_before'))} &rarr; {_fmt(evaluation.get('gold_accuracy_after'))}; "
+            f"{evaluation.get('changed_answers')} answers changed.</p>",
+            _table(rows, ["member", "own-domain prompts", "own-domain win rate", "95% CI low", "95% CI high",
+                          "utility before", "utility after", "verdict"]),
+            "<p>In words: " + html.escape("; ".join(words)) + ".</p>"]
 
 
 def write_report(results: dict[str, Any], out: Path) -> tuple[Path, Path]:

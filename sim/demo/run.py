@@ -5,7 +5,8 @@ Phases, one printed line each (:data:`PHASES`)::
     provision   CA + certificates, the run's policy, private data and every party's config
     dp-train    three `mor client train` processes (different architectures and preference styles),
                 each to its local (ε, δ) budget; meanwhile, in this process:
-    policy      the small VLM is built and warm-started (cached), or --model is used as given
+    policy      the pretrained policy VLM is converted, built and warm-started (each cached), or the
+                1.6M toy (``--toy-model``, for fast tests), or --model is used as given
     services    the key holder (fused-only) and `mor server run` (API + training), ready over mTLS
     align       three `mor client run` agents; the server calibrates, fits the router, runs GRPO
     stop        agents, server, key holder get SIGTERM and must exit 0 (final signed checkpoints)
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,7 +37,6 @@ from sim.errors import ProcessFailedError, ProvisionError, SimError
 from sim.harness import ManagedProcess, ProcessGroup, wait_ready
 
 PHASES = ("provision", "dp-train", "policy", "services", "align", "stop", "audit", "evaluate", "report")
-SMALL_VLM_VERSION = "small-llava-v1"
 # Each agent process gets one torch thread: three of them share 2 cores with the server.
 AGENT_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -48,6 +47,7 @@ class DemoOptions:
     policy: Path
     quick: bool = False
     model: Path | None = None
+    toy_model: bool = False  # the 1.6M toy instead of the pretrained default: for fast tests
     seed: int = 0
     cache: Path | None = None
     overwrite: bool = False
@@ -55,7 +55,8 @@ class DemoOptions:
 
     @property
     def scale(self) -> Scale:
-        return Scale.quick() if self.quick else Scale.default()
+        scale = Scale.quick() if self.quick else Scale.default()
+        return scale if self.toy_model else scale.for_pretrained()
 
 
 @dataclass
@@ -86,34 +87,40 @@ class _Run:
 
 
 def default_cache() -> Path:
-    """Where the built and warm-started policy VLM is kept between runs."""
+    """Where the converted, built and warm-started policy VLM is kept between runs (``$MOR_CACHE_DIR`` wins)."""
+    if os.environ.get("MOR_CACHE_DIR"):
+        return Path(os.environ["MOR_CACHE_DIR"])
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "mor-secure"
 
 
-def policy_model(options: DemoOptions) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint GRPO starts from (and the reference it is compared with), and how it was made."""
-    if options.model is not None:
-        if not (options.model / "config.json").is_file():
-            raise ProvisionError(f"--model {options.model}: not a Hugging Face checkpoint folder (no config.json)")
-        return options.model.resolve(), {"source": "given", "path": str(options.model.resolve())}
-    from corpus import build_sft_examples
-    from server.vlm import WarmStartConfig, build_small_vlm, warm_start
+def policy_model(options: DemoOptions, say: Callable[[str], None] = print,
+                 busy: Callable[[], bool] | None = None) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint GRPO starts from (and the reference it is compared with), and how it was made.
 
-    cache = options.cache or default_cache()
-    base = cache / f"{SMALL_VLM_VERSION}-seed{options.seed}"
-    if not (base / "config.json").is_file():  # built once, atomically (a crash leaves only .partial)
-        staging = base.with_name(base.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
-        build_small_vlm(staging, seed=options.seed)
-        shutil.rmtree(base, ignore_errors=True)
-        staging.rename(base)
-    config = WarmStartConfig.quick() if options.quick else WarmStartConfig.default()
-    examples = build_sft_examples(300 if options.quick else 1200, seed=options.seed)
-    result = warm_start(base, examples, out_dir=cache / "warm-start", config=config)
-    return result.path, {"source": "built + warm-started", "base": str(base), "path": str(result.path),
-                         "cached": result.cached, "steps": config.steps,
-                         "final_loss": result.losses[-1] if result.losses else None}
+    While ``busy()`` (the DP trainers still run on the same cores) the warm start uses one torch
+    thread, then all of them again.
+    """
+    import torch
+
+    from sim.demo.policy_model import choose_policy_model
+
+    cores = torch.get_num_threads()
+    try:
+        choice = choose_policy_model(model=options.model, toy=options.toy_model, quick=options.quick,
+                                     seed=options.seed, cache=options.cache or default_cache(), say=say,
+                                     threads=None if busy is None else lambda: 1 if busy() else cores)
+    finally:
+        torch.set_num_threads(cores)
+    return choice.path, choice.info
+
+
+def _policy_text(options: DemoOptions) -> str:
+    if options.model is not None:
+        return f"policy model {options.model}"
+    if options.toy_model:
+        return "toy VLM (1.6M, random weights) built and warm-started (cached after the first run)"
+    return ("SmolLM2-135M VLM converted, built and warm-started (about 10 min once, cached after the first run)")
 
 
 def _agent_summary(process: ManagedProcess) -> dict[str, Any]:
@@ -202,9 +209,8 @@ def run_demo(options: DemoOptions, *, say: Callable[[str], None] = print) -> Dem
     with group:
         with run.phase("dp-train", "3 agents train their reward models under DP (separate processes)"):
             trainers, trainers_started = _train_agents(group, consortium), time.monotonic()
-        with run.phase("policy", "small VLM built and warm-started (cached after the first run)"
-                       if options.model is None else f"policy model {options.model}"):
-            model_path, model_info = policy_model(options)  # meanwhile the agents train
+        with run.phase("policy", _policy_text(options)):
+            model_path, model_info = policy_model(options, say, busy=lambda: any(p.alive() for p in trainers))
             write_training_config(consortium, model_path=model_path, scale=scale, seed=options.seed)
         _wait_trained(trainers, timeout_s=1800)
         run.timings["dp-train"] = round(time.monotonic() - trainers_started, 1)  # wall time, overlapping "policy"

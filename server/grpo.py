@@ -89,6 +89,7 @@ class GRPORunConfig:
     steps_per_generation: int = 1  # TRL's: one generation batch (and one round per step's slice) feeds S steps
     # start each slice's round as soon as it is generated (server.grpo_overlap); auto: when generating on a GPU
     overlap_scoring: bool | Literal["auto"] = "auto"
+    rounds_per_generation: int | None = None  # overlapped: rounds per generation batch (divides S); None: S
 
     def __post_init__(self) -> None:
         if not (self.beta > 0 and math.isfinite(self.beta)):
@@ -99,6 +100,10 @@ class GRPORunConfig:
                 raise GRPOConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.group_size < 2:
             raise GRPOConfigError(f"group_size={self.group_size}: must be >= 2 (advantages are relative to the group)")
+        rounds = self.rounds_per_generation
+        if rounds is not None and (rounds < 1 or self.steps_per_generation % rounds):
+            raise GRPOConfigError(f"rounds_per_generation={rounds}: must divide steps_per_generation="
+                                  f"{self.steps_per_generation}")
         if self.per_device_batch % self.group_size:
             raise GRPOConfigError(f"per_device_batch={self.per_device_batch}: must be a multiple of group_size")
         if not (0 < self.learning_rate < 1):
@@ -193,13 +198,14 @@ def run_grpo(
     resume: bool = True,
     step_logger: StepLogger | None = None,
     stop: StopCheck = lambda: None,
-    overlap_when: Callable[[int], bool] = lambda _step: True,
+    rounds_when: Callable[[int], int] | None = None,
 ) -> GRPOResult:
     """Train the policy at ``model_path`` with GRPO for ``config.max_steps`` (total, across resumes).
 
     ``stop`` is asked after every step; a reason ends the run there (see the module docstring).
-    With ``config.overlap_scoring``, ``overlap_when(step)`` picks the generation batches that are
-    overlapped (all by default; the bench alternates to time both in one run).
+    With scoring overlapped, ``rounds_when(step)`` says in how many rounds the batch generated at
+    ``step`` is scored (0: not overlapped); default ``config.rounds_per_generation`` for every
+    batch. The bench varies it to time the variants in one run.
     """
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
@@ -248,8 +254,9 @@ def run_grpo(
     stopper = _StopAtStepBoundary(stop)
     checked = _checked(reward_fn)
     overlap = on_gpu if config.overlap_scoring == "auto" else config.overlap_scoring
-    pipeline = ScoringPipeline(checked, slices=config.steps_per_generation, overlap_when=overlap_when) \
-        if overlap else None
+    rounds = config.rounds_per_generation or config.steps_per_generation
+    pipeline = ScoringPipeline(checked, slices=config.steps_per_generation,
+                               slices_for=rounds_when or (lambda _step: rounds)) if overlap else None
     kwargs: dict[str, Any] = dict(
         model=str(model_path), args=args, train_dataset=_dataset(prompts), peft_config=peft_config,
         processing_class=load_processor(Path(model_path)), callbacks=[_StepMetrics(steps, step_logger), stopper])

@@ -39,7 +39,10 @@ overlapped with generation"):
   step keeps the members' round size and the service's ``(run, step, rank)`` keys unchanged.
 
 With ``steps_per_generation = 1`` there is one slice: the round overlaps the log-probability
-forward passes only. With S > 1 it also overlaps generation of the next S-1 slices.
+forward passes only. With S > 1 it also overlaps generation of the next S-1 slices — at the
+price of S rounds per batch instead of one, each with the members' per-round costs (a CKKS
+vector is sealed per round, whatever its length). ``rounds_per_generation`` (a divisor of S)
+trades the two: 1 = one round per batch, overlapping the log-probability passes only.
 """
 
 from __future__ import annotations
@@ -115,25 +118,29 @@ class ScoringPipeline:
     """Starts each slice's round on a worker thread; :meth:`reward_function` is what TRL calls.
 
     ``reward_fn`` is called exactly as TRL would call it, once per slice, with ``trainer_state``
-    a :class:`SliceStep`. ``overlap_when(step)`` says whether the batch generated at ``step`` is
-    overlapped (default: every batch); the bench alternates it to time both in one run.
+    a :class:`SliceStep`. ``slices_for(step)`` says in how many rounds the batch generated at
+    ``step`` is scored (at most ``slices``, the batch's steps, so keys stay in its step range;
+    0: not overlapped, TRL's plain call). Default: ``slices``; the bench varies it per batch to
+    time the variants in one run.
     """
 
     def __init__(self, reward_fn: Callable[..., Scores], *, slices: int,
-                 overlap_when: Callable[[int], bool] = lambda _step: True) -> None:
+                 slices_for: Callable[[int], int] | None = None) -> None:
         if slices < 1:
             raise ValueError(f"slices={slices}: must be >= 1")
-        self.reward_fn, self.slices, self.overlap_when = reward_fn, slices, overlap_when
+        self.reward_fn, self.slices = reward_fn, slices
+        self.slices_for = slices_for or (lambda _step: slices)
         self.records: list[OverlapRecord] = []
         self._pool = ThreadPoolExecutor(max_workers=slices, thread_name_prefix="mor-round")
-        self._inputs: tuple[int, list[dict[str, Any]]] | None = None
+        self._inputs: tuple[int, int, list[dict[str, Any]]] | None = None
         self._batch: _Batch | None = None
         self._lock = threading.Lock()
 
     # -- hooks called by the trainer subclass ---------------------------------------------------------
     def begin(self, inputs: list[dict[str, Any]], step: int, *, sliceable: bool) -> None:
         """A training batch is about to be generated: remember its rows (TRL's columns) if we may slice it."""
-        self._inputs = (step, inputs) if sliceable and self.overlap_when(step) else None
+        n = min(self.slices, self.slices_for(step)) if sliceable else 0
+        self._inputs = (step, n, inputs) if n > 0 and len(inputs) % n == 0 else None
         self._batch = None
 
     def end(self) -> None:
@@ -141,13 +148,13 @@ class ScoringPipeline:
 
     def generate(self, generate: Callable[[list[Any]], tuple[Any, ...]], prompts: list[Any]) -> tuple[Any, ...]:
         """TRL's ``_generate``, one slice at a time, each slice's round submitted as soon as it is decoded."""
-        if self._inputs is None or len(prompts) != len(self._inputs[1]) or len(prompts) % self.slices:
+        if self._inputs is None or len(prompts) != len(self._inputs[2]):
             return generate(prompts)
-        step, rows = self._inputs
+        step, n, rows = self._inputs
         self._inputs = None  # one generation per batch
-        size = len(prompts) // self.slices
+        size = len(prompts) // n
         parts, slices = [], []
-        for k in range(self.slices):
+        for k in range(n):
             part = generate(prompts[k * size:(k + 1) * size])
             piece = slice(k * size, (k + 1) * size)
             slices.append(self._submit(step + k, part, prompts[piece], rows[piece]))

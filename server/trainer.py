@@ -332,6 +332,7 @@ def train_policy(config: TrainingSection, prompts: Sequence[Prompt], reward: Rew
                              attn_implementation=config.attn_implementation,
                              lora_targets=config.lora_target_modules,
                              steps_per_generation=config.steps_per_generation,
-                             overlap_scoring=config.overlap_scoring),
+                             overlap_scoring=config.overlap_scoring,
+                             rounds_per_generation=config.rounds_per_generation),
     )
     return result, metrics

@@ -48,6 +48,10 @@ class TrainingSection(FrozenConfig):
         default="auto", description="start each step's federated round as soon as its completions are generated, "
                                     "while the next are generated and log-probabilities computed "
                                     "(server/grpo_overlap.py); auto = when the policy runs on a GPU")
+    rounds_per_generation: int | None = Field(
+        default=None, ge=1, description="overlapped: rounds a generation batch is scored in (a divisor of "
+                                        "steps_per_generation; unset = one per step, which also overlaps generation; "
+                                        "1 = one per batch, overlapping the log-probability passes only)")
     use_lora: bool = True
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="policy weights; bfloat16/float16 also switch on that mixed precision")

@@ -101,7 +101,7 @@ def test_rewards_for_other_completions_or_prompts_are_refused() -> None:
 
 def test_a_batch_not_overlapped_is_scored_by_the_plain_call_once() -> None:
     calls: list[tuple[int, list[str]]] = []
-    pipeline = ScoringPipeline(_scorer(calls), slices=2, overlap_when=lambda step: step != 4)
+    pipeline = ScoringPipeline(_scorer(calls), slices=2, slices_for=lambda step: 0 if step == 4 else 2)
     rows = _rows(4)
     pipeline.begin(rows, step=4, sliceable=True)
     out = pipeline.generate(_generate([]), [r["prompt"] for r in rows])

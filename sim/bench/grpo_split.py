@@ -46,6 +46,7 @@ from sim.errors import BenchMeasurementError
 DEADLINE_S = 60.0
 SPG = 4  # steps_per_generation of the second run
 APART, OVERLAPPED, LOCAL = "trainer apart", "trainer apart, overlapped", "coordinator in the trainer"
+OVERLAPPED_1 = "trainer apart, overlapped, one round per batch"
 WAIT, WAIT_OVERLAPPED = "round as waiting only", "round as waiting only, overlapped"
 
 
@@ -78,8 +79,9 @@ def _waiting(reward: Callable[..., Any], seen: list[float]) -> Callable[..., Any
 
 def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], http: httpx.Client, run_id: str,
               *, local_too: bool) -> tuple[dict[str, Callable[..., Any]], list[FederatedReward]]:
-    """S = 1: in-process, trainer apart (sequential, overlapped), coordinator in the trainer;
-    S > 1: in-process, trainer apart (sequential, overlapped), and the waiting-only model of each."""
+    """S = 1: in-process, trainer apart (sequential, overlapped), coordinator in the trainer; S > 1:
+    in-process, trainer apart (sequential, overlapped one round per step / per batch), the waiting-only
+    model (sequential, overlapped one round per batch: the same items per round as sequential)."""
     router = LearnedRouter(tuple(members), feature_dim=FEATURE_DIM, hidden=16, seed=1)  # as section 6's, here's members
     coordinator = RoundCoordinator(state=server.state, audit=server.audit, privacy=server.services.privacy,
                                    router=router, policy=RoundPolicy(quorum=3, deadline_s=DEADLINE_S),
@@ -97,9 +99,12 @@ def _variants(server: Any, members: Sequence[str], prompts: Sequence[Prompt], ht
     if local_too:
         federated.append(FederatedReward(coordinator, prompts))
         variants[LOCAL] = federated[-1]
-    else:  # each waiting model sleeps as long as its real counterpart's rounds (same items per round)
+    else:  # the waiting model sleeps as long as the sequential rounds took (same items per round)
+        remote.append(FederatedReward(RemoteRounds(http, poll_wait_s=10.0), prompts, run_id=f"{run_id}-2"))
+        variants[OVERLAPPED_1] = remote[-1]
+        federated.append(remote[-1])
         variants[WAIT] = _waiting(in_process_reward(prompts), sequential_rounds)
-        variants[WAIT_OVERLAPPED] = _waiting(in_process_reward(prompts), overlapped_rounds)
+        variants[WAIT_OVERLAPPED] = _waiting(in_process_reward(prompts), sequential_rounds)
     return variants, federated
 
 
@@ -128,10 +133,11 @@ def _run_batches(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Ca
     batches = (1 + rounds) * len(names)
     config = GRPORunConfig(output_dir=out, max_steps=batches * spg, group_size=4, per_device_batch=8,
                            max_completion_length=16, save_steps=10_000, seed=0, steps_per_generation=spg,
-                           overlap_scoring=True)  # overlap_when picks the batches
+                           overlap_scoring=True)  # rounds_when picks the batches
     result = run_grpo(model_path=policy, prompts=prompts, reward_fn=reward, config=config, resume=False,
                       step_logger=lambda _record: stamps.append(time.perf_counter()),
-                      overlap_when=lambda step: variant_of(step) == OVERLAPPED)
+                      rounds_when=lambda step: {OVERLAPPED: spg, OVERLAPPED_1: 1, WAIT_OVERLAPPED: 1}.get(
+                          variant_of(step), 0))
     if len(stamps) != batches * spg or len(result.overlap) != batches:
         raise BenchMeasurementError(f"GRPO run logged {len(stamps)} steps and {len(result.overlap)} reward calls, "
                                     f"expected {batches * spg} and {batches}")
@@ -145,17 +151,17 @@ def _run_batches(policy: Path, prompts: Sequence[Prompt], variants: dict[str, Ca
     return {n: {k: statistics.median(v) for k, v in got.items()} for n, got in samples.items()}
 
 
-def _overlap_figures(got: dict[str, dict[str, list[float]]], seq: str, over: str, what: str, at: str
-                     ) -> list[Figure]:
+def _overlap_figures(got: dict[str, dict[str, list[float]]], seq: str, over: str, what: str, at: str,
+                     how: str = "overlapped") -> list[Figure]:
     base = got["in-process"]["step"]
     return [
         paired(SECTION, f"GRPO step, {seq}, sequential ({what}, {at})", "s", got[seq]["step"],
                "in-process reward", base),
-        paired(SECTION, f"GRPO step, {seq}, overlapped ({what}, {at})", "s", got[over]["step"],
+        paired(SECTION, f"GRPO step, {seq}, {how} ({what}, {at})", "s", got[over]["step"],
                "in-process reward", base),
-        paired(SECTION, f"GRPO step, {seq}, overlapped vs sequential ({at})", "s", got[over]["step"],
+        paired(SECTION, f"GRPO step, {seq}, {how} vs sequential ({at})", "s", got[over]["step"],
                "sequential", got[seq]["step"]),
-        paired(SECTION, f"{seq}: round time left on the critical path, overlapped ({at}; 1 - ratio = share hidden)",
+        paired(SECTION, f"{seq}: round time left on the critical path, {how} ({at}; 1 - ratio = share hidden)",
                "s", got[over]["exposed"], "round wall time", got[over]["round"]),
     ]
 
@@ -195,10 +201,13 @@ def measure(*, policy: Path, prompts: Sequence[Prompt], repeats: int, rounds: in
     figures = []
     for spg, got in runs.items():
         at = f"steps_per_generation {spg}"
-        figures += _overlap_figures(got, APART, OVERLAPPED, what, at)
-        if spg != 1:
-            figures += _overlap_figures(got, WAIT, WAIT_OVERLAPPED, "in-process reward + sleep of the real rounds' "
-                                        "median", at)
+        if spg == 1:
+            figures += _overlap_figures(got, APART, OVERLAPPED, what, at)
+            continue
+        figures += _overlap_figures(got, APART, OVERLAPPED, what, at, "overlapped, one round per step")
+        figures += _overlap_figures(got, APART, OVERLAPPED_1, what, at, "overlapped, one round per batch")[1:]
+        figures += _overlap_figures(got, WAIT, WAIT_OVERLAPPED, "in-process reward + sleep of the sequential "
+                                    "rounds' median", at, "overlapped, one round per batch")
     local = runs[1][LOCAL]
     figures += [
         paired(SECTION, f"GRPO step, coordinator in the trainer, sequential ({what}, steps_per_generation 1)", "s",

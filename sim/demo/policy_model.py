@@ -26,7 +26,7 @@ TOY_VERSION = "small-llava-v1"
 PRETRAINED_VERSION = "smolvlm-smollm2-135m-v1"
 # The warm start of the pretrained default, measured on 2 cores (docs/model.md): the tower and
 # connector learn from scratch, LoRA r=8 on the language model's attention learns the formats.
-PRETRAINED_WARM = {"steps": 160, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 8, "train": "vision",
+PRETRAINED_WARM = {"steps": 128, "batch_size": 8, "learning_rate": 3e-3, "warmup_steps": 8, "train": "vision",
                    "lora_r": 8}
 PRETRAINED_EXAMPLES, HELD_OUT_EXAMPLES = 1200, 48
 Threads = Callable[[], int] | None

@@ -96,14 +96,16 @@ def test_cell_store_refuses_another_configuration_but_allows_more_seeds_and_rows
 
 def test_progress_reports_done_count_and_an_eta_from_computed_cells() -> None:
     lines: list[str] = []
-    ticks = iter([0.0, 60.0, 180.0])
-    bar = Progress(4, lines.append, clock=lambda: next(ticks))
+    ticks = iter([0.0, 0.0, 60.0, 180.0])
+    bar = Progress(5, lines.append, clock=lambda: next(ticks))
     bar.skipped("seed 0 uniform")
+    bar.finished("seed 0 reference", timed=False)  # free: no ETA from it
     bar.finished("seed 0 mor", "win 0.6")  # 60 s for one computed cell, 2 cells left
     bar.finished("seed 1 mor")  # 180 s for two: 90 s each, 1 left
-    assert lines == ["[1/4] seed 0 uniform: already done (resumed)",
-                     "[2/4] seed 0 mor: win 0.6 | elapsed 1.0 min, ETA 2.0 min",
-                     "[3/4] seed 1 mor | elapsed 3.0 min, ETA 1.5 min"]
+    assert lines == ["[1/5] seed 0 uniform: already done (resumed)",
+                     "[2/5] seed 0 reference | elapsed 0.0 min, ETA n/a",
+                     "[3/5] seed 0 mor: win 0.6 | elapsed 1.0 min, ETA 2.0 min",
+                     "[4/5] seed 1 mor | elapsed 3.0 min, ETA 1.5 min"]
 
 
 def test_on_policy_pairs_are_labelled_by_the_domain_owners_rule() -> None:

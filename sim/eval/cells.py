@@ -78,13 +78,14 @@ class Progress:
         self.done += 1
         self.echo(f"[{self.done}/{self.total}] {label}: already done (resumed)")
 
-    def finished(self, label: str, detail: str = "") -> None:
+    def finished(self, label: str, detail: str = "", *, timed: bool = True) -> None:
+        """One cell done; ``timed=False`` for cells that cost nothing (they would drag the ETA down)."""
         self.done += 1
-        self.computed += 1
+        self.computed += timed
         elapsed = self.clock() - self.started
-        eta = elapsed / self.computed * (self.total - self.done)
+        eta = f"{elapsed / self.computed * (self.total - self.done) / 60:.1f} min" if self.computed else "n/a"
         self.echo(f"[{self.done}/{self.total}] {label}{': ' + detail if detail else ''} | elapsed "
-                  f"{elapsed / 60:.1f} min, ETA {eta / 60:.1f} min")
+                  f"{elapsed / 60:.1f} min, ETA {eta}")
 
 
 __all__ = ["CellStore", "Progress"]

@@ -213,7 +213,7 @@ def run_seed(config: EvalConfig, data: EvalData, reference_path: Path, reference
             progress_bar.skipped(f"seed {seed} {method}")
     if "reference" in todo:
         store.save(seed, "reference", _policy_metrics(config, data, reference_answers, reference_answers))
-        progress_bar.finished(f"seed {seed} reference")
+        progress_bar.finished(f"seed {seed} reference", timed=False)
     todo = [m for m in todo if m != "reference"]
     if todo:
         members = _train_members(config, data, seed, record, progress, echo)

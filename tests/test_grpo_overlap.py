@@ -11,7 +11,7 @@ import pytest
 
 from corpus.prompts import build_prompts
 from corpus.types import Prompt
-from server.errors import RewardError
+from server.errors import GRPOConfigError, RewardError
 from server.grpo import GRPORunConfig, run_grpo
 from server.grpo_overlap import ScoringPipeline
 from server.vlm import build_small_vlm
@@ -143,3 +143,24 @@ def test_trl_run_scores_every_step_slice_on_a_worker_while_generating(policy_dir
     assert [(r.step, r.slices, r.overlapped) for r in result.overlap] == [(0, 2, True), (2, 2, True)]
     for record in result.overlap:  # two 0.5 s rounds, the first behind the second slice's generation
         assert record.round_s >= 1.0 and record.exposed_s < record.round_s - 0.4
+
+
+def test_one_round_per_batch_scores_the_whole_batch_under_its_first_step() -> None:
+    calls: list[tuple[int, list[str]]] = []
+    generated: list[list[str]] = []
+    pipeline = ScoringPipeline(_scorer(calls), slices=4, slices_for=lambda _step: 1)
+    rows = _rows(8)
+    pipeline.begin(rows, step=8, sliceable=True)
+    out = pipeline.generate(_generate(generated), [r["prompt"] for r in rows])
+    scores = pipeline.reward_function()([], out[3], prompt_id=[r["prompt_id"] for r in rows],
+                                        log_metric=lambda *_: None)
+    pipeline.close()
+    assert len(generated) == 1 and calls == [(8, out[3])]  # generated in one go, one round keyed by the batch's step
+    assert scores == [float(len(c)) for c in out[3]]
+
+
+def test_rounds_per_generation_must_divide_steps_per_generation(tmp_path: Path) -> None:
+    with pytest.raises(GRPOConfigError, match="rounds_per_generation"):
+        GRPORunConfig(output_dir=tmp_path, steps_per_generation=4, rounds_per_generation=3)
+    config = GRPORunConfig(output_dir=tmp_path, steps_per_generation=4, rounds_per_generation=2)
+    assert config.rounds_per_generation == 2

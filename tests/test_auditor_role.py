@@ -98,6 +98,13 @@ def test_auditor_reads_every_auditor_route_and_the_shared_ones(world: World) -> 
     assert {a["agent"] for a in status["agents"]} == {world.alice.identity, world.bob.identity}
     for shared in ("/status", "/v1/status/keys", "/v1/context", "/v1/audit/proof/0"):
         assert http.get(shared).status_code == 200, shared
+    # access to the audit trail is itself audited: who read which range of what
+    after = http.get("/v1/audit/entries", params={"start": str(entries["next"]), "limit": "1000"}).json()
+    reads = [json.loads(line)["entry"] for line in after["lines"]]
+    reads = [e for e in reads if e["action"] == "audit.read"]
+    assert [(e["actor"], e["details"]["what"], e["details"]["start"], e["details"]["returned"]) for e in reads][:3] == [
+        (world.auditor.identity, "entries", 0, 5), (world.auditor.identity, "checkpoints", 0, len(cps)),
+        (world.auditor.identity, "privacy-reports", 0, 2)]
 
 
 def test_members_are_refused_auditor_routes_and_see_only_their_own_row(world: World) -> None:

@@ -7,7 +7,9 @@ A member keeps what it needs to check its own receipts — the signed head
 log's content: entries name every member's actions, refusals and privacy figures, and a
 member's signed privacy report is that member's business and the auditor's, not its peers'.
 An auditor, for its part, can do nothing a member does: enrol, poll, submit and calibrate
-stay ``client``-only (``wrong_role``).
+stay ``client``-only (``wrong_role``). Every page of the log's entries or checkpoints and of the
+members' privacy reports that an auditor reads is recorded as ``audit.read`` (who, what, which
+range): access to the audit trail is itself audited.
 
 Range parameters are parsed strictly (decimal digits only: no sign, no leading zero, no
 ``1.0``, no ``1_000``) so a page boundary always means one thing; pages are bounded in lines
@@ -62,27 +64,39 @@ def _export(request: Request) -> AuditExport:
     return audit
 
 
-def _lines(start_raw: str, limit_raw: str | None, request: Request, *, checkpoints: bool) -> AuditLinesPage:
+def _record_read(request: Request, caller: Caller, what: str, start: int, returned: int, total: int) -> None:
+    """Reading the audit trail or members' privacy reports is itself recorded (PCI DSS 10.2.1.3, HIPAA 164.312(b)).
+
+    After the page is read, so the entry is not in the page it describes; the copy an auditor
+    fetches up to a signed head simply ends before its own reads.
+    """
+    services_of(request).audit.record(caller.identity, "audit.read", {
+        "what": what, "start": start, "returned": returned, "total": total})
+
+
+def _lines(start_raw: str, limit_raw: str | None, request: Request, caller: Caller, *,
+           checkpoints: bool) -> AuditLinesPage:
     start, limit = int(start_raw), _limit(limit_raw, MAX_PAGE_LINES)
     export = _export(request)
     lines, total = (export.checkpoint_lines if checkpoints else export.entry_lines)(start, limit)
+    what = "checkpoints" if checkpoints else "entries"
     if start > total:
-        what = "checkpoints" if checkpoints else "entries"
         raise Rejection(404, "beyond_log", f"query.start: {start} is beyond the log's {total} {what}")
     following = start + len(lines)
+    _record_read(request, caller, what, start, len(lines), total)
     return AuditLinesPage(start=start, lines=lines, total=total, next=following if following < total else None)
 
 
 @router.get("/audit/entries", response_model=AuditLinesPage, summary="Audit log entries (auditors only)")
-def entries(request: Request, _caller: Auditor, start: Start = "0", limit: Limit = None) -> AuditLinesPage:
+def entries(request: Request, caller: Auditor, start: Start = "0", limit: Limit = None) -> AuditLinesPage:
     """``entries.jsonl`` lines ``start``.. exactly as stored; write them one per line to get the file back."""
-    return _lines(start, limit, request, checkpoints=False)
+    return _lines(start, limit, request, caller, checkpoints=False)
 
 
 @router.get("/audit/checkpoints", response_model=AuditLinesPage, summary="Signed checkpoints (auditors only)")
-def checkpoints(request: Request, _caller: Auditor, start: Start = "0", limit: Limit = None) -> AuditLinesPage:
+def checkpoints(request: Request, caller: Auditor, start: Start = "0", limit: Limit = None) -> AuditLinesPage:
     """``checkpoints.jsonl`` lines exactly as stored (``GET /v1/audit/checkpoint`` first signs a fresh head)."""
-    return _lines(start, limit, request, checkpoints=True)
+    return _lines(start, limit, request, caller, checkpoints=True)
 
 
 @router.get("/audit/consistency", response_model=ConsistencyProofBody,
@@ -110,7 +124,7 @@ def public_key(request: Request, _caller: Auditor) -> Response:
 
 @router.get("/privacy-reports", response_model=PrivacyReportsPage,
             summary="Every member's signed privacy report (auditors only)")
-def privacy_reports(request: Request, _caller: Auditor,
+def privacy_reports(request: Request, caller: Auditor,
                     start: Annotated[str, _index("first member (in identity order)")] = "0",
                     limit: Annotated[str | None, _index(f"at most this many (1..{MAX_REPORTS_PAGE})")] = None,
                     ) -> PrivacyReportsPage:
@@ -125,6 +139,7 @@ def privacy_reports(request: Request, _caller: Auditor,
                                 privacy_report=json.loads(r["privacy_report"] or "{}"))
             for r in rows[first:first + most]]
     following = first + len(page)
+    _record_read(request, caller, "privacy-reports", first, len(page), len(rows))
     return PrivacyReportsPage(start=first, reports=page, total=len(rows),
                               next=following if following < len(rows) else None)
 

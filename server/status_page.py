@@ -168,6 +168,15 @@ def _banner(status: StatusSnapshot) -> str:
             f"snapshot)</p>{cert}")
 
 
+def _noise_cell(source: str | None) -> str:
+    """A member whose DP noise is not from a CSPRNG (a declared pilot's seeded PRNG) is shown in red."""
+    if source is None:
+        return "—"
+    if source.startswith("os-csprng"):
+        return escape(source)
+    return f"<span class='off' id='pilot-noise'>{escape(source)}</span>"
+
+
 def render_status_page(status: StatusSnapshot) -> str:
     """The HTML page for one status snapshot."""
     agents = [[
@@ -177,7 +186,7 @@ def render_status_page(status: StatusSnapshot) -> str:
         + (f" / {a.lifetime_budget:.3g}" if a.lifetime_budget is not None else " (no cap)"),
         f"{a.delta:.2g}",
         f"<span class='{'on' if a.online else 'off'}'>{'online' if a.online else 'offline'}</span>",
-        escape(_when(a.last_seen)), str(a.submissions),
+        escape(_when(a.last_seen)), str(a.submissions), _noise_cell(a.noise_source),
     ] for a in status.agents]
     summary = [
         ["consortium", escape(status.consortium)], ["privacy mode", escape(status.privacy_mode)],
@@ -197,8 +206,8 @@ def render_status_page(status: StatusSnapshot) -> str:
         f"<h1>MoR-Secure aggregation server</h1>{_banner(status)}{_table(['', ''], summary)}"
         + "<h2>Training (GRPO)</h2>" + _training_section(status)
         + f"<h2>Agents ({len(status.agents)})</h2>"
-        + _table(["agent", "architecture", "ε / budget", "lifetime ε / cap", "δ", "state", "last seen", "submissions"],
-                 agents)
+        + _table(["agent", "architecture", "ε / budget", "lifetime ε / cap", "δ", "state", "last seen", "submissions",
+                  "DP noise source"], agents)
         + "<h2>Router weights</h2>" + _router_section(status)
         + "<h2>Member health</h2>" + _health_section(status)
         + "<h2>Data the policy is aligned on</h2>" + _data_section(status)

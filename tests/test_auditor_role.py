@@ -22,6 +22,7 @@ from helpers.pki import Party, TestPKI, make_pki
 from helpers.procs import ServiceProcess, free_port, start_server, write_server_config
 
 from audit import verify_consistency
+from client_agent.dp.secure_engine import NOISE_SOURCE_PILOT, NOISE_SOURCE_SECURE
 from crypto.canonical import canonical_json
 from crypto.signing import VerifyKey
 from mor_cli.main import main as mor
@@ -60,8 +61,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     auditor = pki.issue("audrey", "auditor")
     with start_server(config) as server:
         alice, bob = Agent.of(pki, "alice", server.base_url), Agent.of(pki, "bob", server.base_url)
-        for member in (alice, bob):
-            assert member.enrol().status_code == 200
+        assert alice.enrol(noise_source=NOISE_SOURCE_SECURE).status_code == 200
+        assert bob.enrol(noise_source=NOISE_SOURCE_PILOT).status_code == 200
         for _ in range(20):  # refusals are entries too: more than one signed checkpoint (every 16)
             assert alice.http.get("/v1/no-such-route").status_code == 404
         with httpx.Client(base_url=server.base_url, verify=auditor.client_context(), timeout=60) as http:
@@ -98,6 +99,11 @@ def test_auditor_reads_every_auditor_route_and_the_shared_ones(world: World) -> 
     assert {a["agent"] for a in status["agents"]} == {world.alice.identity, world.bob.identity}
     for shared in ("/status", "/v1/status/keys", "/v1/context", "/v1/audit/proof/0"):
         assert http.get(shared).status_code == 200, shared
+    # each member's DP noise source, from its signed report: a pilot's seeded PRNG stands out in red
+    sources = {a["agent"]: a["noise_source"] for a in status["agents"]}
+    assert sources == {world.alice.identity: NOISE_SOURCE_SECURE, world.bob.identity: NOISE_SOURCE_PILOT}
+    page = http.get("/status").text
+    assert f"<span class='off' id='pilot-noise'>{NOISE_SOURCE_PILOT}</span>" in page and NOISE_SOURCE_SECURE in page
     # access to the audit trail is itself audited: who read which range of what
     after = http.get("/v1/audit/entries", params={"start": str(entries["next"]), "limit": "1000"}).json()
     reads = [json.loads(line)["entry"] for line in after["lines"]]
@@ -105,6 +111,10 @@ def test_auditor_reads_every_auditor_route_and_the_shared_ones(world: World) -> 
     assert [(e["actor"], e["details"]["what"], e["details"]["start"], e["details"]["returned"]) for e in reads][:3] == [
         (world.auditor.identity, "entries", 0, 5), (world.auditor.identity, "checkpoints", 0, len(cps)),
         (world.auditor.identity, "privacy-reports", 0, 2)]
+    enrolled = {e["actor"]: e["details"]["noise_source"] for e in (
+        json.loads(line)["entry"] for line in http.get("/v1/audit/entries", params={"limit": "1000"}).json()["lines"])
+        if e["action"] == "agent.enrolled"}
+    assert enrolled == {world.alice.identity: NOISE_SOURCE_SECURE, world.bob.identity: NOISE_SOURCE_PILOT}
 
 
 def test_members_are_refused_auditor_routes_and_see_only_their_own_row(world: World) -> None:

@@ -274,6 +274,7 @@ class AgentStatus(WireModel):
     submissions: int
     lifetime_epsilon: float | None = None  # every DP training this member ran, composed (its signed report)
     lifetime_budget: float | None = None  # the policy's privacy.lifetime_epsilon (None: no lifetime cap)
+    noise_source: str | None = None  # where its DP noise came from, from its signed report (a pilot PRNG says so)
 
 
 class ServerStatus(WireModel):

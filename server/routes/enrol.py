@@ -110,6 +110,7 @@ def enrol_agent(body: EnrolRequest, request: Request,
         "signing_key_sha256": key.fingerprint(), "lifetime_epsilon": lifetime, "lifetime_runs": runs,
         "lifetime_accountant": accountant,
         "privacy_report_sha256": hashlib.sha256(canonical_json(body.privacy_report)).hexdigest(),
+        "noise_source": str(body.privacy_report.get("noise_source", ""))[:200] or None,
     })
     # No calibration batch: the trainer measures each agent's scale itself in a ``calibrate``
     # round (server/trainer.py), from the very scores it later fuses. The fields stay empty.

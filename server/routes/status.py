@@ -65,6 +65,15 @@ def _lifetime_spent(row: dict[str, object]) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+def _noise_source(row: dict[str, object]) -> str | None:
+    """Where the member's DP noise came from, as its stored, signed privacy report states it (bounded text)."""
+    try:
+        value = json.loads(str(row.get("privacy_report") or "{}")).get("noise_source")
+    except (ValueError, AttributeError):
+        return None
+    return value[:200] if isinstance(value, str) else None
+
+
 def _shown(viewer: Caller | None, member: str) -> bool:
     return viewer is None or viewer.role != "client" or viewer.identity == member
 
@@ -93,7 +102,8 @@ def server_status(services: Services, viewer: Caller | None = None,
                     epsilon_budget=policy.max_epsilon, last_seen=a["last_seen"],
                     online=a["last_seen"] is not None and now - a["last_seen"] <= policy.online_window_s,
                     submissions=int(per_agent.get(a["identity"], 0)),
-                    lifetime_epsilon=_lifetime_spent(a), lifetime_budget=policy.lifetime_epsilon)
+                    lifetime_epsilon=_lifetime_spent(a), lifetime_budget=policy.lifetime_epsilon,
+                    noise_source=_noise_source(a))
         for a in state.list_agents() if _shown(viewer, a["identity"])
     ]
     counts = state.round_counts()

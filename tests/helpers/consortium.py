@@ -72,9 +72,11 @@ class Agent:
     def identity(self) -> str:
         return self.party.identity
 
-    def enrol(self, epsilon: float = 3.0) -> httpx.Response:
+    def enrol(self, epsilon: float = 3.0, *, noise_source: str | None = None) -> httpx.Response:
         """POST /v1/enrol with a privacy report signed by this agent's key."""
         report: dict[str, Any] = {"identity": self.identity, "epsilon": epsilon, "delta": 1e-6, "accountant": "prv"}
+        if noise_source is not None:
+            report["noise_source"] = noise_source
         report["signature_b64"] = base64.b64encode(self.key.sign(canonical_json(report))).decode()
         return self.http.post("/v1/enrol", json={
             "signing_public_key_b64": base64.b64encode(self.key.verify_key().raw()).decode(),

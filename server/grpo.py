@@ -89,7 +89,7 @@ class GRPORunConfig:
     steps_per_generation: int = 1  # TRL's: one generation batch (and one round per step's slice) feeds S steps
     # start each slice's round as soon as it is generated (server.grpo_overlap); auto: when generating on a GPU
     overlap_scoring: bool | Literal["auto"] = "auto"
-    rounds_per_generation: int | None = None  # overlapped: rounds per generation batch (divides S); None: S
+    rounds_per_generation: int = 1  # overlapped: rounds per generation batch (divides S); S: one per step's slice
 
     def __post_init__(self) -> None:
         if not (self.beta > 0 and math.isfinite(self.beta)):
@@ -101,7 +101,7 @@ class GRPORunConfig:
         if self.group_size < 2:
             raise GRPOConfigError(f"group_size={self.group_size}: must be >= 2 (advantages are relative to the group)")
         rounds = self.rounds_per_generation
-        if rounds is not None and (rounds < 1 or self.steps_per_generation % rounds):
+        if rounds < 1 or self.steps_per_generation % rounds:
             raise GRPOConfigError(f"rounds_per_generation={rounds}: must divide steps_per_generation="
                                   f"{self.steps_per_generation}")
         if self.per_device_batch % self.group_size:
@@ -254,7 +254,7 @@ def run_grpo(
     stopper = _StopAtStepBoundary(stop)
     checked = _checked(reward_fn)
     overlap = on_gpu if config.overlap_scoring == "auto" else config.overlap_scoring
-    rounds = config.rounds_per_generation or config.steps_per_generation
+    rounds = config.rounds_per_generation
     pipeline = ScoringPipeline(checked, slices=config.steps_per_generation,
                                slices_for=rounds_when or (lambda _step: rounds)) if overlap else None
     kwargs: dict[str, Any] = dict(

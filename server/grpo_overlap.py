@@ -7,8 +7,8 @@ waiting (members score on their own machines), so the trainer's accelerator sat 
 whole round. We overlap without patching TRL, with a subclass that hooks two of its methods:
 
 * ``_generate`` (called once per generation batch with every prompt of it) generates the batch
-  in ``steps_per_generation`` slices of ``per_device_batch`` completions — the size one
-  optimisation step trains on — and submits each slice's round to a worker thread the moment
+  in ``rounds_per_generation`` slices (at most ``steps_per_generation``, each then the size one
+  optimisation step trains on) and submits each slice's round to a worker thread the moment
   that slice is decoded. Round *k* runs while slice *k+1* is generated, and the last round
   while TRL computes the log-probabilities of the whole batch;
 * TRL's reward call (after those forward passes) only collects the slices' rewards, in order.
@@ -42,7 +42,8 @@ With ``steps_per_generation = 1`` there is one slice: the round overlaps the log
 forward passes only. With S > 1 it also overlaps generation of the next S-1 slices — at the
 price of S rounds per batch instead of one, each with the members' per-round costs (a CKKS
 vector is sealed per round, whatever its length). ``rounds_per_generation`` (a divisor of S)
-trades the two: 1 = one round per batch, overlapping the log-probability passes only.
+trades the two: 1 (the default, measured faster on a shared CPU) = one round per batch,
+overlapping the log-probability passes only; S = one per step's slice.
 """
 
 from __future__ import annotations

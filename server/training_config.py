@@ -48,10 +48,11 @@ class TrainingSection(FrozenConfig):
         default="auto", description="start each step's federated round as soon as its completions are generated, "
                                     "while the next are generated and log-probabilities computed "
                                     "(server/grpo_overlap.py); auto = when the policy runs on a GPU")
-    rounds_per_generation: int | None = Field(
-        default=None, ge=1, description="overlapped: rounds a generation batch is scored in (a divisor of "
-                                        "steps_per_generation; unset = one per step, which also overlaps generation; "
-                                        "1 = one per batch, overlapping the log-probability passes only)")
+    rounds_per_generation: int = Field(
+        default=1, ge=1, description="overlapped: rounds a generation batch is scored in (a divisor of "
+                                     "steps_per_generation): 1 = one per batch, overlapping the log-probability "
+                                     "passes; steps_per_generation = one per step's slice, overlapping generation "
+                                     "too, at S times the members' per-round cost")
     use_lora: bool = True
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
         default="float32", description="policy weights; bfloat16/float16 also switch on that mixed precision")

@@ -135,7 +135,8 @@ def test_trl_run_scores_every_step_slice_on_a_worker_while_generating(policy_dir
         return [len(c[0]["content"]) / 10 for c in completions]
 
     config = GRPORunConfig(output_dir=tmp_path / "run", max_steps=4, learning_rate=1e-2, max_completion_length=8,
-                           save_steps=100, steps_per_generation=2, overlap_scoring=True)
+                           save_steps=100, steps_per_generation=2, overlap_scoring=True,
+                           rounds_per_generation=2)
     result = run_grpo(model_path=policy_dir, prompts=prompts, reward_fn=slow_reward, config=config, resume=False)
     assert [s["step"] for s in result.steps] == [1, 2, 3, 4]
     assert sorted(step for step, _, _ in calls) == [0, 1, 2, 3]  # one round per step's slice, keyed by that step

@@ -1,4 +1,7 @@
-"""``mor eval [--seeds 3] [--steps N] [--quick|--smoke] [--methods A,B] [--model PATH] [--secure-dp] [--out DIR]``.
+"""``mor eval [--seeds 3] [--steps N] [--quick|--smoke] [--methods A,B] [--model PATH|--toy-model] [--out DIR]``.
+
+The policy is the pretrained SmolLM2-135M VLM of ``mor demo`` unless ``--model`` or ``--toy-model``
+says otherwise; on 2 CPU cores a full run on it takes hours (a GPU box is where it belongs).
 
 The Mixture-of-Rewards comparison. Writes ``DIR/eval.md`` (tables with 95% confidence intervals),
 ``DIR/eval.json`` (every number) and ``DIR/*.png``; the reference model and GRPO adapters stay
@@ -27,7 +30,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny run that only shows the pipeline works")
     parser.add_argument("--methods", default=None, help="comma-separated rows to run (default: all)")
     parser.add_argument("--model", type=Path, default=None,
-                        help="base VLM checkpoint for the policy (e.g. from `mor model build`); default: the toy VLM")
+                        help="base VLM checkpoint for the policy (e.g. from `mor model build`); default: the "
+                             "pretrained SmolLM2-135M VLM the demo uses (built once into the model cache)")
+    parser.add_argument("--toy-model", action="store_true",
+                        help="the 1.6M random-weight toy VLM instead (fast; what the tests and the earlier tables use)")
     parser.add_argument("--secure-dp", action="store_true",
                         help="members train with CSPRNG noise, unseeded, as in production (default: seeded pilot)")
     parser.add_argument("--epsilon", type=float, default=None, help="members' DP epsilon (default 8)")
@@ -37,6 +43,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--robustness", action="store_true",
                         help="instead: how far one malicious member moves the fused reward (docs/robustness.md)")
     parser.set_defaults(func=handle)
+
+
+def _default_base() -> Path:
+    """The pretrained VLM ``mor demo`` aligns, assembled (not warm-started) in the model cache."""
+    from sim.demo.policy_model import pretrained_base
+    from sim.demo.run import default_cache
+    from sim.errors import SimError
+
+    try:
+        return pretrained_base(default_cache(), say=lambda line: print(line, file=sys.stderr, flush=True))
+    except SimError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -52,6 +70,8 @@ def handle(args: argparse.Namespace) -> int:
         raise CommandError(f"--seeds must be >= 1, got {args.seeds}")
     if args.quick and args.smoke:
         raise CommandError("--quick and --smoke are two presets: choose one")
+    if args.toy_model and args.model is not None:
+        raise CommandError("--model and --toy-model: choose one policy model")
     config = EvalConfig.smoke() if args.smoke else EvalConfig.quick() if args.quick else EvalConfig.full()
     changes: dict[str, Any] = {"seeds": tuple(range(args.seeds)), "secure_dp": args.secure_dp}
     optional = {"grpo_steps": args.steps, "epsilon": args.epsilon, "heldout_domain": args.heldout_domain,
@@ -61,6 +81,8 @@ def handle(args: argparse.Namespace) -> int:
         changes["methods"] = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     transformers.logging.set_verbosity_error()  # checkpoint-loading reports would bury the progress lines
     try:
+        if args.model is None and not args.toy_model:
+            changes["model_path"] = str(_default_base())
         config = config.replace(**changes)
         result = run_eval(config, args.out, echo=lambda line: print(line, file=sys.stderr, flush=True))
         command = "mor eval " + shlex.join(a for a in sys.argv[2:]) if sys.argv[1:2] == ["eval"] else "mor eval"

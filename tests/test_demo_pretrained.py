@@ -73,3 +73,13 @@ def test_training_ran_on_the_federated_reward_and_the_report_states_the_effect(d
         assert client["verdict"] and f"{name}: {client['verdict']}" in page
         low, high = client["own_domain_ci"]
         assert 0 <= low <= client["win_rate_own_domain"] <= high <= 1
+
+
+def test_mor_eval_defaults_to_the_same_pretrained_base(demo: dict[str, Any]) -> None:
+    """``mor eval`` without --model aligns the demo's pretrained VLM (its own neutral warm start on top)."""
+    from mor_cli.eval_cmd import _default_base
+    from sim.demo.run import default_cache
+
+    base = _default_base()
+    assert base.parent == default_cache() and Path(demo["results"]["model"]["base"]) == base
+    assert json.loads((base / "config.json").read_text("utf-8"))["model_type"] == "idefics3"

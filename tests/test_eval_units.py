@@ -45,6 +45,8 @@ def test_cli_refuses_bad_seed_count_in_one_line(capsys: pytest.CaptureFixture[st
     assert main(["eval", "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mor eval: error: --seeds must be >= 1, got 0"]
+    assert main(["eval", "--model", "somewhere", "--toy-model"]) == 2  # one policy model, said before any work
+    assert capsys.readouterr().err.strip() == "mor eval: error: --model and --toy-model: choose one policy model"
 
 
 def test_fedavg_spends_exactly_the_budget_and_learns(tmp_path: Path) -> None:

@@ -71,16 +71,29 @@ def _toy(cache: Path, seed: int, quick: bool, threads: Threads) -> PolicyChoice:
                                       "final_loss": result.losses[-1] if result.losses else None})
 
 
-def _pretrained(cache: Path, seed: int, say: Callable[[str], None], threads: Threads) -> PolicyChoice:
-    from corpus import build_sft_examples
+def pretrained_base(cache: Path, seed: int = 0, say: Callable[[str], None] = print) -> Path:
+    """The assembled, not yet warm-started pretrained VLM (converted and built once per cache).
+
+    Also the default base of ``mor eval``, which warm-starts it its own way (style-neutral).
+    """
     from server.errors import ModelError
-    from server.vlm import WarmStartConfig, warm_start
     from server.vlm.pretrained import CONVERTED_NAME, build_pretrained_vlm, convert_smollm2
 
     try:
         lm = convert_smollm2(cache / CONVERTED_NAME, log=say)
-        base = _build_once(cache / f"{PRETRAINED_VERSION}-seed{seed}",
+        return _build_once(cache / f"{PRETRAINED_VERSION}-seed{seed}",
                            lambda d: build_pretrained_vlm(d, lm_dir=lm, seed=seed))
+    except ModelError as exc:
+        raise ProvisionError(f"the pretrained policy VLM could not be built: {exc}") from None
+
+
+def _pretrained(cache: Path, seed: int, say: Callable[[str], None], threads: Threads) -> PolicyChoice:
+    from corpus import build_sft_examples
+    from server.errors import ModelError
+    from server.vlm import WarmStartConfig, warm_start
+
+    base = pretrained_base(cache, seed, say)
+    try:
         config = WarmStartConfig(seed=seed, **PRETRAINED_WARM)  # type: ignore[arg-type]
         examples = build_sft_examples(PRETRAINED_EXAMPLES, seed=seed)
         held_out = build_sft_examples(HELD_OUT_EXAMPLES, split="test", seed=seed + 1)

@@ -25,7 +25,7 @@ function returns, and report. Why these choices:
   is generated, on a worker thread, while TRL generates the next slice and computes
   log-probabilities (:mod:`server.grpo_overlap`, which says why this keeps every reward on its
   own completion). On a CPU the round's work (members, service) competes with generation for
-  the same cores, and the overlap measured slower (docs/benchmarks.md), hence ``auto``.
+  the same cores, and at the default S=1 the overlap was not faster (docs/benchmarks.md), hence ``auto``.
 
 The reward function is the server's hook: one call = one batch of G completions per prompt,
 which the server turns into one federated scoring round. It receives TRL's keyword columns

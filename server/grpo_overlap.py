@@ -43,7 +43,7 @@ forward passes only. With S > 1 it also overlaps generation of the next S-1 slic
 price of S rounds per batch instead of one, each with the members' per-round costs (a CKKS
 vector is sealed per round, whatever its length). ``rounds_per_generation`` (a divisor of S)
 trades the two: 1 (the default) = one round per batch, overlapping the log-probability passes
-only; S = one per step's slice (measured 1.23-1.30x the sequential step on 2 shared CPU cores).
+only; S = one per step's slice (measured 1.30-1.45x the sequential step on 2 shared CPU cores).
 """
 
 from __future__ import annotations

@@ -52,7 +52,7 @@ from client_agent.local_policy import check_task_allowed, task_payload_digest
 from client_agent.privacy_report import SignedPrivacyReport
 from client_agent.receipts import receipt_sha256, verify_receipt, verify_receipt_inclusion
 from client_agent.rewards.base import RewardModel
-from client_agent.scoring import calibrate, calibration_report, score_items, seal_for_mode
+from client_agent.scoring import calibrate, calibration_report, score_items, seal_for_mode, within_policy_range
 from client_agent.transport import RetryPolicy, ServerChannel, ServerPin
 from crypto.ckks import PublicContext, load_public_context
 from crypto.envelope import Envelope
@@ -269,11 +269,11 @@ class Agent:
             return self._refuse(task, exc.code, str(exc), now)
         except ScoringError as exc:
             return self._refuse(task, "bad_payload", str(exc), now)
-        values = [float(v) for v in scores.tolist()]
         low, high = self.policy.scores.min, self.policy.scores.max
-        outside = sum(1 for v in values if not low <= v <= high)
+        values, outside = within_policy_range([float(v) for v in scores.tolist()], low, high)
         if outside:
-            log.warning("task %s: %d raw scores outside the policy range [%s, %s]", task.task_id, outside, low, high)
+            log.warning("task %s: %d raw scores outside the policy range [%s, %s], clipped to it", task.task_id,
+                        outside, low, high)
         envelope = seal_for_mode(values, session.privacy_mode, session.context, signing_key=self.signing_key,
                                  sender=self.identity, round_id=task.round_id, task_id=task.task_id, now=self.clock(),
                                  payload_sha256=task_payload_digest(task))

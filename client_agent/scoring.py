@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 from collections.abc import Sequence
 
 import torch
@@ -121,3 +122,17 @@ def seal_for_mode(values: Sequence[float], mode: PrivacyMode, context: PublicCon
     assert context is not None, f"privacy mode {mode!r} needs the server's public CKKS context"
     return seal_scores(values, context, signing_key=signing_key, sender=sender, round_id=round_id, task_id=task_id,
                        now=now, payload_sha256=payload_sha256)
+
+
+def within_policy_range(raw: Sequence[float], low: float, high: float) -> tuple[list[float], int]:
+    """The scores clipped to the policy's ``[low, high]``, and how many were outside it.
+
+    Why the agent clips: the range is part of what every member agreed to send. A value outside
+    it gets the whole vector refused under ``out_of_range = "refuse"``, and one refused member
+    can drop a round below quorum for everyone (seen with a confident reward model on separable
+    data). An honest agent keeps its side (the count goes into its ``task.sealed`` audit entry);
+    the server still checks whatever arrives. Non-finite values are left for the scorer's and
+    the server's own refusals.
+    """
+    outside = sum(1 for v in raw if not low <= v <= high)
+    return [min(max(v, low), high) if math.isfinite(v) else v for v in raw], outside

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 import ssl
 import threading
 import time
@@ -278,3 +279,13 @@ def test_inclusion_proof_against_a_real_signed_checkpoint(tmp_path: Path) -> Non
     other_entry = _signed_receipt(key, audit_index=3, audit_leaf_sha256=entry.leaf_hash_hex)
     with pytest.raises(ServerTrustError, match="proof is for entry 6"):
         verify_receipt_inclusion(other_entry, wire, key.verify_key())
+
+
+def test_scores_outside_the_policy_range_are_clipped_and_counted_not_sent_to_be_refused() -> None:
+    """A confident reward model's 10.4 would get the member's whole vector refused (and the round, at quorum)."""
+    from client_agent.scoring import within_policy_range
+
+    values, outside = within_policy_range([-12.5, -10.0, 0.3, 10.4, float("nan")], -10.0, 10.0)
+    assert values[:4] == [-10.0, -10.0, 0.3, 10.0] and math.isnan(values[4])
+    assert outside == 3  # the NaN counts as outside; it is left for the scorer's and the server's refusals
+    assert within_policy_range([0.1, 0.2], -1.0, 1.0) == ([0.1, 0.2], 0)

@@ -77,7 +77,6 @@ def compare(prompts: Sequence[Any], before: Sequence[str], after: Sequence[str],
     """Score two answer lists (reference, aligned) under each client's hidden rule and against gold."""
     from corpus import STYLES
     from server.vlm import gold_hit_rate
-    from sim.eval.metrics import win_rate
 
     result = Evaluation(n_prompts=len(prompts), gold_accuracy_before=gold_hit_rate(prompts, before),
                         gold_accuracy_after=gold_hit_rate(prompts, after),
@@ -89,9 +88,8 @@ def compare(prompts: Sequence[Any], before: Sequence[str], after: Sequence[str],
         own = [i for i, p in enumerate(prompts) if p.domain in rule.domains]
         outcomes = [1.0 if a > b else 0.5 if a == b else 0.0 for b, a in zip(u_before, u_after, strict=True)]
         result.clients[name] = ClientPreference(
-            win_rate=win_rate(rule, prompts, after, before),
-            win_rate_own_domain=win_rate(rule, [prompts[i] for i in own], [after[i] for i in own],
-                                         [before[i] for i in own]) if own else None,
+            win_rate=sum(outcomes) / len(outcomes),
+            win_rate_own_domain=sum(outcomes[i] for i in own) / len(own) if own else None,
             utility_before=sum(u_before) / len(u_before), utility_after=sum(u_after) / len(u_after),
             win_rate_ci=bootstrap_ci(outcomes),
             own_domain_ci=bootstrap_ci([outcomes[i] for i in own]) if own else None, own_domain_prompts=len(own))

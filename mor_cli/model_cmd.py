@@ -20,14 +20,13 @@ from typing import Any
 
 from mor_cli.errors import CommandError
 
-BASE_NAME = "smolvlm-smollm2-135m-base"
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("model", help="build, inspect and warm-start the policy VLM")
     actions = parser.add_subparsers(dest="model_action", required=True, metavar="ACTION")
     build = actions.add_parser("build", help="assemble the pretrained default VLM (SmolLM2-135M + vision tower)")
-    build.add_argument("--out", type=Path, help=f"checkpoint folder (default: the user cache, {BASE_NAME})")
+    build.add_argument("--out", type=Path,
+                       help="checkpoint folder (default: the user cache, where `mor demo` and `mor eval` look)")
     build.add_argument("--lm", type=Path, help="a converted Llama-family checkpoint to use instead of SmolLM2")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
@@ -49,27 +48,45 @@ def register(subparsers: Any) -> None:
     warm.set_defaults(func=_warmstart)
 
 
-def default_base() -> Path:
+def default_base(seed: int = 0) -> Path:
+    """The cache folder ``mor demo`` and ``mor eval`` use for the assembled pretrained VLM (one per seed)."""
     from server.vlm.pretrained import cache_dir
+    from sim.demo.policy_model import PRETRAINED_VERSION
 
-    return cache_dir() / BASE_NAME
+    return cache_dir() / f"{PRETRAINED_VERSION}-seed{seed}"
 
 
 def _build(args: argparse.Namespace) -> int:
     import shutil
 
     from server.errors import ModelError
-    from server.vlm.pretrained import build_pretrained_vlm, convert_smollm2
+    from server.vlm.pretrained import build_pretrained_vlm, cache_dir, convert_smollm2
 
-    out = args.out or default_base()
+    out = args.out or default_base(args.seed)
+    if args.lm is not None and args.out is None:
+        raise CommandError("--lm needs --out: the default folder is the SmolLM2 base that `mor demo` and "
+                           "`mor eval` reuse, and must not hold another language model")
     if out.exists() and any(out.iterdir()):
+        if args.out is None and not args.overwrite and (out / "config.json").is_file():
+            print(f"already built: {out} (pass --overwrite to rebuild it)")
+            _print_info(out, as_json=False)
+            return 0
         if not args.overwrite:
             raise CommandError(f"{out} exists; pass --overwrite to rebuild it")
         shutil.rmtree(out)
     started = time.perf_counter()
     try:
-        lm = args.lm or convert_smollm2()
-        build_pretrained_vlm(out, lm_dir=lm, seed=args.seed)
+        if args.out is None:
+            from sim.demo.policy_model import pretrained_base
+            from sim.errors import SimError
+
+            try:
+                pretrained_base(cache_dir(), args.seed)
+            except SimError as exc:
+                raise CommandError(str(exc)) from None
+        else:
+            lm = args.lm or convert_smollm2()
+            build_pretrained_vlm(out, lm_dir=lm, seed=args.seed)
     except ModelError as exc:
         raise CommandError(str(exc)) from None
     print(f"built {out} in {time.perf_counter() - started:.0f} s")

@@ -98,3 +98,25 @@ def test_warmstart_command_on_an_imported_dataset_with_lora(built: Path, tmp_pat
 def test_the_smollm2_gguf_is_installed() -> None:
     path = gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 90_000_000
+
+
+def test_build_defaults_to_the_folder_demo_and_eval_reuse(built: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`mor model build` with no --out must land where `mor demo` / `mor eval` look, or a user builds twice."""
+    import shutil
+
+    from mor_cli.model_cmd import default_base
+    from sim.demo.run import default_cache
+
+    monkeypatch.setenv("MOR_CACHE_DIR", str(tmp_path / "cache"))
+    assert default_base().parent == default_cache() == tmp_path / "cache"
+    monkeypatch.delenv("MOR_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    base = default_base()
+    assert base == tmp_path / "xdg" / "mor-secure" / base.name == default_cache() / base.name
+    shutil.copytree(built, default_base())
+    assert main(["model", "build"]) == 0  # already there: said, not rebuilt, not an error
+    assert "already built" in capsys.readouterr().out
+    assert main(["model", "build", "--lm", str(tmp_path)]) == 2
+    assert "--lm needs --out" in capsys.readouterr().err

@@ -28,7 +28,7 @@ PYEOF
 
 echo "== 1. build the default VLM (SmolLM2-135M-Instruct + vision tower) into $MOR_CACHE_DIR"
 t=$(stamp); "$MOR" model build || fail "mor model build"; echo "build: $(took "$t") s"
-BASE="$MOR_CACHE_DIR/smolvlm-smollm2-135m-base"
+BASE="$MOR_CACHE_DIR/smolvlm-smollm2-135m-v1-seed0"   # where mor demo / mor eval look too
 
 echo "== 2. warm start (vision tower + connector + LoRA r=8), held-out score"
 t=$(stamp)

@@ -53,8 +53,15 @@ DONE = "mor-converted.json"
 
 
 def cache_dir() -> Path:
-    """``$MOR_CACHE_DIR`` or ``~/.cache/mor-secure``: converted and warm-started models live here, never in the repo."""
-    return Path(os.environ.get("MOR_CACHE_DIR") or Path.home() / ".cache" / "mor-secure")
+    """``$MOR_CACHE_DIR``, else ``$XDG_CACHE_HOME/mor-secure``, else ``~/.cache/mor-secure``.
+
+    Converted and warm-started models live here, never in the repo. Every command (``mor demo``,
+    ``mor eval``, ``mor model``) resolves the cache through this one function, so a model one of
+    them built is the model the others find.
+    """
+    if os.environ.get("MOR_CACHE_DIR"):
+        return Path(os.environ["MOR_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mor-secure"
 
 
 def gguf_path() -> Path:

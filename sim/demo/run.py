@@ -22,7 +22,6 @@ outputs (metrics, audit logs, privacy reports) only after the fact, as an audito
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -88,10 +87,9 @@ class _Run:
 
 def default_cache() -> Path:
     """Where the converted, built and warm-started policy VLM is kept between runs (``$MOR_CACHE_DIR`` wins)."""
-    if os.environ.get("MOR_CACHE_DIR"):
-        return Path(os.environ["MOR_CACHE_DIR"])
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "mor-secure"
+    from server.vlm.pretrained import cache_dir
+
+    return cache_dir()
 
 
 def policy_model(options: DemoOptions, say: Callable[[str], None] = print,

@@ -4,6 +4,7 @@
     mor bench --sections 2,3 --repeats 5   only CKKS and DP, 5 repeats
     mor bench --smoke                      the tiny configuration (what the test suite runs)
     mor bench --sections 1 --compare-polling   section 1 plus the poll-interval before/after
+    mor bench --sections 4 --compare-http      section 4: binary envelopes over h11 against httptools
 
 Prints one Markdown table and writes ``OUT/bench.json`` (machine, date, command, figures,
 "nothing lost" checks). Exit status 1 if a section failed (its error is in the JSON).
@@ -44,6 +45,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny configuration: checks the benchmark still works")
     parser.add_argument("--compare-polling", action="store_true",
                         help="section 1: also run the ckks round with the coordinator's old 0.1 s poll (before/after)")
+    parser.add_argument("--compare-http", action="store_true",
+                        help="section 4: compare the binary transport over the h11 and the httptools HTTP parser "
+                             "instead of the JSON and the binary transport")
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="directory for bench.json")
     parser.set_defaults(func=handle)
 
@@ -61,9 +65,10 @@ def handle(args: argparse.Namespace) -> int:
         raise CommandError(f"--out {args.out}: cannot create: {exc.strerror}") from None
     command = "mor " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else \
         f"mor bench --sections {','.join(map(str, args.sections))} --repeats {args.repeats}" + \
-        (" --smoke" if args.smoke else "") + (" --compare-polling" if args.compare_polling else "")
+        (" --smoke" if args.smoke else "") + (" --compare-polling" if args.compare_polling else "") + \
+        (" --compare-http" if args.compare_http else "")
     report = run_bench(args.sections, repeats=args.repeats, smoke=args.smoke, out_dir=args.out, command=command,
-                       compare_polling=args.compare_polling)
+                       compare_polling=args.compare_polling, compare_http=args.compare_http)
     print(report.table())
     for section, checks in report.checks.items():
         print(f"section {section} checks: {checks}")

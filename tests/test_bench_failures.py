@@ -40,6 +40,16 @@ def test_clean_ingest_levels_give_figures() -> None:
     assert by_name["8 connections, binary: server CPU per envelope"].ratio == 0.5
 
 
+def test_the_http_parser_comparison_names_its_variants_and_still_refuses_a_lost_receipt() -> None:
+    base, new = ingest.HTTP_VARIANTS  # mor bench --sections 4 --compare-http: binary over h11, then httptools
+    samples = {(8, base): [_level()], (8, new): [_level(cpu_per_envelope_s=0.008)]}
+    by_name = {f.name: f for f in ingest._result((8,), samples, {}, ingest.HTTP_VARIANTS).figures}
+    figure = by_name["8 connections, binary/httptools: server CPU per envelope"]
+    assert (figure.baseline_name, figure.ratio) == ("binary/h11: server CPU per envelope", 0.8)
+    with pytest.raises(BenchMeasurementError, match="binary/httptools"):
+        ingest._result((8,), {**samples, (8, new): [_level(db_rows=49)]}, {}, ingest.HTTP_VARIANTS)
+
+
 @pytest.mark.parametrize("bad", [
     {"errors": {"503:storage_unavailable": 1}},  # a failed request
     {"db_rows": 79},  # a receipt without its row

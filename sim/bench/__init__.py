@@ -44,13 +44,14 @@ __all__ = ["ORDER", "SECTIONS", "BenchReport", "Figure", "SectionResult", "run_b
 
 
 def run_bench(sections: Sequence[int], *, repeats: int, smoke: bool, out_dir: Path, command: str,
-              seed: int = 0, compare_polling: bool = False) -> BenchReport:
+              seed: int = 0, compare_polling: bool = False, compare_http: bool = False) -> BenchReport:
     """Run ``sections`` (in :data:`ORDER`), write ``out_dir/bench.json`` after each, return the report.
 
     A section that fails is recorded (``failed``, with its error) and the others still run: one
     broken dependency must not hide every other figure. The JSON is rewritten after each
     section so an interrupted run keeps what it measured. ``compare_polling`` adds section 1's
-    before/after round with the coordinator's old poll interval.
+    before/after round with the coordinator's old poll interval; ``compare_http`` makes section 4
+    compare the binary transport over the h11 and the httptools HTTP parser.
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -60,7 +61,8 @@ def run_bench(sections: Sequence[int], *, repeats: int, smoke: bool, out_dir: Pa
         started = time.monotonic()
         try:
             module = importlib.import_module(SECTIONS[number])
-            options = {"compare_polling": compare_polling} if number == 1 else {}
+            options = {"compare_polling": compare_polling} if number == 1 else \
+                {"compare_http": compare_http} if number == 4 else {}
             result: SectionResult = module.run(repeats=repeats, smoke=smoke, seed=seed, **options)
         except Exception as exc:  # noqa: BLE001 - recorded in the report, the run goes on
             log.error("bench section %d failed: %s", number, exc)

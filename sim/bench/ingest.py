@@ -21,9 +21,15 @@ For 8, 32 and 64 concurrent connections, and for each transport — ``json`` (``
 * **nothing lost**: accepted (HTTP 200s) = receipts whose server signature and envelope digest
   verified = submission rows = ``submission.accepted`` audit entries; envelopes per group commit.
 
+With ``compare_http`` (``mor bench --sections 4 --compare-http``) the two variants are instead
+the binary transport over uvicorn's pure-Python h11 parser (the baseline) and over httptools
+(what the server serves with, :mod:`server.mtls`): the same server, switched between levels
+for the connections each level opens.
+
 A level with a failed request, nothing accepted, or counts that do not add up raises
 :class:`~sim.errors.BenchMeasurementError`: the section reports failure, never a figure.
-Baseline of every ratio: the JSON transport at the same level in the same repeat.
+Baseline of every ratio: the first variant (JSON, or binary over h11) at the same level in the
+same repeat.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from server.mtls import use_http
 from sim.bench.fleet import AgentProcess, agent_names, audit_actions, bench_pki, start_server
 from sim.bench.ingest_stages import stage_costs
 from sim.bench.stats import Figure, SectionResult, paired, percentile
@@ -48,6 +55,7 @@ SECTION = "4 ingest"
 LEVELS = (8, 32, 64)
 SMOKE_LEVELS = (4,)
 TRANSPORTS = ("json", "binary")  # the first is the baseline
+HTTP_VARIANTS = ("binary/h11", "binary/httptools")  # --compare-http: transport/HTTP parser, the first the baseline
 SENDERS = 2
 SCORES_PER_ENVELOPE = 64
 ENVELOPES = 320  # per level and transport: ~5 per connection at 64, enough to amortise each connection's handshake
@@ -79,8 +87,14 @@ def open_rounds(server: InProcessServer, agents: list[str], rounds: int, n_items
 
 
 def _level(server: InProcessServer, senders: list[AgentProcess], connections: int, envelopes: int,
-           transport: str) -> dict[str, Any]:
-    """One timed burst of ``envelopes`` pre-sealed envelopes over ``connections`` connections."""
+           variant: str) -> dict[str, Any]:
+    """One timed burst of ``envelopes`` pre-sealed envelopes over ``connections`` connections.
+
+    ``variant``: a transport ("json", "binary"), or "transport/parser" for the HTTP parser that
+    serves this level's (new) connections; a bare transport is served with the default parser.
+    """
+    transport, _, http = variant.partition("/")
+    use_http(server.api.server.config, http or "auto")
     issued = open_rounds(server, [s.identity for s in senders], -(-envelopes // len(senders)),
                          SCORES_PER_ENVELOPE, deadline_s=600.0)
     for sender in senders:
@@ -103,7 +117,7 @@ def _level(server: InProcessServer, senders: list[AgentProcess], connections: in
         for code, n in r["errors"].items():
             errors[code] = errors.get(code, 0) + n
     return {
-        "connections": connections, "transport": transport, "seconds": elapsed, "accepted": accepted,
+        "connections": connections, "transport": variant, "seconds": elapsed, "accepted": accepted,
         "receipts_valid": sum(r["receipts_valid"] for r in results),
         "db_rows": state.count_submissions() - rows_before,
         "audit_entries": audit_actions(audit_dir, "submission.accepted") - audit_before,
@@ -114,11 +128,12 @@ def _level(server: InProcessServer, senders: list[AgentProcess], connections: in
     }
 
 
-def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
+def run(*, repeats: int, smoke: bool = False, seed: int = 0, compare_http: bool = False) -> SectionResult:
+    variants = HTTP_VARIANTS if compare_http else TRANSPORTS
     levels = SMOKE_LEVELS if smoke else LEVELS
     envelopes = SMOKE_ENVELOPES if smoke else ENVELOPES
     repeats = 1 if smoke else min(repeats, 3)
-    samples: dict[tuple[int, str], list[dict[str, Any]]] = {(n, t): [] for n in levels for t in TRANSPORTS}
+    samples: dict[tuple[int, str], list[dict[str, Any]]] = {(n, t): [] for n in levels for t in variants}
     with tempfile.TemporaryDirectory(prefix="mor-bench-ingest-") as tmp_name:
         tmp = Path(tmp_name)
         pki = bench_pki(tmp, SENDERS)
@@ -131,14 +146,14 @@ def run(*, repeats: int, smoke: bool = False, seed: int = 0) -> SectionResult:
                 with tqdm(total=repeats * len(levels), desc="bench 4 ingest", unit="level", disable=None) as bar:
                     for k in range(repeats):
                         for n in levels:
-                            for transport in TRANSPORTS if k % 2 == 0 else TRANSPORTS[::-1]:
-                                samples[(n, transport)].append(_level(server, senders, n, envelopes, transport))
+                            for variant in variants if k % 2 == 0 else variants[::-1]:
+                                samples[(n, variant)].append(_level(server, senders, n, envelopes, variant))
                             bar.update(1)
             finally:
                 for sender in senders:
                     sender.close()
     stages = {} if smoke else stage_costs(SCORES_PER_ENVELOPE)
-    return _result(levels, samples, stages)
+    return _result(levels, samples, stages, variants)
 
 
 def _lost(samples: dict[tuple[int, str], list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -159,13 +174,13 @@ def _value(sample: dict[str, Any], key: str) -> float:
 
 
 def _result(levels: tuple[int, ...], samples: dict[tuple[int, str], list[dict[str, Any]]],
-            stages: dict[str, float]) -> SectionResult:
+            stages: dict[str, float], variants: tuple[str, str] = TRANSPORTS) -> SectionResult:
     """The figures, or :class:`BenchMeasurementError` when any level lost, failed or accepted nothing."""
     bad = _lost(samples)
     if bad:  # a throughput with failed requests or a lost receipt is not a measurement
         raise BenchMeasurementError(f"ingest did not measure cleanly, no figure is reported: {bad}")
     figures: list[Figure] = []
-    base_name, new_name = TRANSPORTS
+    base_name, new_name = variants
     for n in levels:
         base, new = samples[(n, base_name)], samples[(n, new_name)]
         label = f"{n} connections, {new_name}"

@@ -49,3 +49,28 @@ def test_warm_start_refuses_bad_input(tmp_path: Path) -> None:
         WarmStartConfig(learning_rate=0.0)
     with pytest.raises(WarmStartError, match="steps"):
         WarmStartConfig(steps=0)
+
+
+def test_checkpoint_digests_are_remembered_but_an_edited_checkpoint_misses_the_cache(tmp_path: Path) -> None:
+    """The cache key must follow the checkpoint's bytes even though its digests are memoised by size and mtime."""
+    import json
+    import os
+
+    from server.vlm.warmstart import _cache_key
+
+    base = build_small_vlm(tmp_path / "base", seed=0)
+    examples = build_sft_examples(4, seed=0)
+    config = WarmStartConfig(steps=2)
+    key = _cache_key(base, examples, config, tmp_path / "warm")
+    memo = json.loads((tmp_path / "warm" / "file-digests.json").read_text())
+    assert str((base / "config.json").resolve()) in memo
+    assert _cache_key(base, examples, config, tmp_path / "warm") == key  # from the memo
+    assert _cache_key(base, examples, config, tmp_path / "fresh") == key  # and hashed afresh: same key
+
+    config_file = base / "config.json"
+    stat = config_file.stat()
+    config_file.write_text(config_file.read_text().replace("{", "{ ", 1))  # same meaning, other bytes
+    assert _cache_key(base, examples, config, tmp_path / "warm") != key
+    (tmp_path / "warm" / "file-digests.json").write_text("not json")  # a broken memo is only a miss
+    os.utime(config_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _cache_key(base, examples, config, tmp_path / "warm") != key

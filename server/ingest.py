@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from crypto.envelope import Envelope, OpenedEnvelope
@@ -69,6 +69,7 @@ class Submission:
     receipt: Receipt | None = None
     error: BaseException | None = None
     done: bool = False
+    woken: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class _Burn:
     nonce: tuple[str, str, float]
     error: BaseException | None = None
     done: bool = False
+    woken: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 class GroupCommit:
@@ -86,7 +88,7 @@ class GroupCommit:
     def __init__(self, *, state: StateStore, audit: AuditTrail, signing_key: SigningKey,
                  max_group: int = 256) -> None:
         self.state, self.audit, self.signing_key, self.max_group = state, audit, signing_key, max_group
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._queue: list[Submission | _Burn] = []
         self._leading = False
         self.groups = 0  # how many commits were made (tests and the bench read it)
@@ -101,30 +103,47 @@ class GroupCommit:
         self._wait_for(_Burn(nonce))
 
     def _wait_for(self, item: Submission | _Burn) -> None:
-        with self._cond:
+        """Queue ``item``; lead its group's commit, or sleep until that commit decided it.
+
+        Why each waiter has its own event instead of one condition for all: with 40-64 request
+        threads waiting, every commit's ``notify_all`` woke all of them to re-check and sleep
+        again. Now a commit wakes exactly the members of its group and, if submissions are
+        queued, the first of them, which leads the next group. Invariant (under ``_lock``):
+        while someone leads, the queue's head is the leader's or its successor's item; when
+        nobody leads the queue is empty, so a newcomer that finds nobody leading is the head.
+        """
+        with self._lock:
             self._queue.append(item)
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: item.done or not self._leading)
-                if item.done:
-                    break
-                self._leading = True
-                group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
-            try:
-                self._commit([i for i in group if isinstance(i, Submission)],
-                             [i.nonce for i in group if isinstance(i, _Burn)])
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the group, re-raised there
-                for member in group:
-                    member.error = exc
-            finally:
-                with self._cond:
-                    for member in group:
-                        member.done = True
-                    self._leading = False
-                    self.groups += 1
-                    self._cond.notify_all()
+            leads, self._leading = not self._leading, True
+        if not leads:
+            item.woken.wait()  # set once its group is decided, or when it is handed the lead
+        if not item.done:
+            self._lead()
         if item.error is not None:
             raise item.error
+
+    def _lead(self) -> None:
+        """Commit the group at the queue's head (this thread's item first), then wake it and the next leader."""
+        with self._lock:
+            group, self._queue = self._queue[:self.max_group], self._queue[self.max_group:]
+        successor: Submission | _Burn | None = None
+        try:
+            self._commit([i for i in group if isinstance(i, Submission)],
+                         [i.nonce for i in group if isinstance(i, _Burn)])
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the group, re-raised there
+            for member in group:
+                member.error = exc
+        finally:
+            with self._lock:
+                for member in group:
+                    member.done = True
+                self.groups += 1
+                successor = self._queue[0] if self._queue else None
+                self._leading = successor is not None
+            for member in group:
+                member.woken.set()
+            if successor is not None:
+                successor.woken.set()
 
     def _commit(self, group: list[Submission], burnt: list[tuple[str, str, float]]) -> None:
         fresh, closed = self.state.group_check([(i.task.task_id, i.nonce[0], i.nonce[1]) for i in group])

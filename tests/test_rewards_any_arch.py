@@ -17,7 +17,7 @@ from client_agent.errors import CheckpointError, RewardModelError
 from client_agent.rewards.opacus_check import UnsupportedLayerError, privatisation_problems
 from client_agent.rewards.registry import build_reward_model, load_reward_model, model_param_problems
 from corpus.builders import build_client_pairs
-from sim.bench.hf_checkpoints import wordpiece_tokenizer
+from sim.bench.hf_checkpoints import build_text_checkpoint, build_vlm_checkpoint
 
 BUDGET = PrivacyBudget(epsilon=4.0, delta=1e-3)
 
@@ -34,46 +34,12 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 def build_tiny_llama(path: Path) -> Path:
     """A decoder LM checkpoint (LlamaForCausalLM): AutoModelForSequenceClassification adds the score head."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = wordpiece_tokenizer()
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(str(path))
-    tok.save_pretrained(str(path))
-    return path
+    return build_text_checkpoint(path, size="tiny")
 
 
 @pytest.fixture(scope="module")
 def tiny_llava(tmp_path_factory) -> Path:
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        Qwen2Config,
-    )
-
-    path = tmp_path_factory.mktemp("tiny-llava")
-    tok = wordpiece_tokenizer(["<image>"])
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=32, patch_size=8, projection_dim=32)
-    text = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       pad_token_id=tok.pad_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(str(path))
-    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32},
-                                                                     crop_size={"height": 32, "width": 32}),
-                               tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1)
-    processor.save_pretrained(str(path))
-    return path
+    return build_vlm_checkpoint(tmp_path_factory.mktemp("tiny-llava"), size="tiny")
 
 
 PLUGIN = textwrap.dedent('''

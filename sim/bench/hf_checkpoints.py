@@ -11,7 +11,8 @@ back through the same :func:`client_agent.rewards.registry.build_reward_model` a
   processor gives one pixel tensor per image, the family ``hf-vlm`` accepts.
 
 The tokenizer is the WordPiece vocabulary that ships with the bundled MiniLM (no download).
-``smoke=True`` halves depth and width so the test suite's run takes seconds.
+``smoke=True`` halves depth and width so the test suite's run takes seconds; ``size="tiny"`` is
+the smaller still pair the unit tests train under DP.
 """
 
 from __future__ import annotations
@@ -34,18 +35,36 @@ def wordpiece_tokenizer(extra: list[str] | None = None) -> Any:
     return tok
 
 
-def _size(smoke: bool) -> dict[str, Any]:
-    return {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2} if smoke else \
-        {"hidden_size": 256, "intermediate_size": 768, "num_hidden_layers": 4}
+# Per size: text (hidden, intermediate, layers, positions), vision (hidden, layers, image side, patch).
+# "tiny" is what unit tests train under DP in seconds; "smoke" the bench's quick run; "bench" its figures.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": {"text": (32, 64, 2), "positions": 128, "vision": (32, 1, 32, 8)},
+    "smoke": {"text": (128, 256, 2), "positions": 256, "vision": (64, 2, 64, 16)},
+    "bench": {"text": (256, 768, 4), "positions": 256, "vision": (64, 2, 64, 16)},
+}
 
 
-def build_text_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0) -> Path:
+def _preset(size: str | None, smoke: bool) -> dict[str, Any]:
+    name = size or ("smoke" if smoke else "bench")
+    if name not in SIZES:
+        raise ValueError(f"checkpoint size {name!r}: choose one of {', '.join(SIZES)}")
+    return SIZES[name]
+
+
+def _text_dims(preset: dict[str, Any]) -> dict[str, Any]:
+    hidden, intermediate, layers = preset["text"]
+    return {"hidden_size": hidden, "intermediate_size": intermediate, "num_hidden_layers": layers,
+            "num_attention_heads": 4, "num_key_value_heads": 2}
+
+
+def build_text_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0, size: str | None = None) -> Path:
     """A decoder LM checkpoint in ``path`` for ``hf-text``; returns ``path``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    preset = _preset(size, smoke)
     tok = wordpiece_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=256, pad_token_id=tok.pad_token_id, **_size(smoke))
+    config = LlamaConfig(vocab_size=len(tok), max_position_embeddings=preset["positions"],
+                         pad_token_id=tok.pad_token_id, **_text_dims(preset))
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         LlamaForCausalLM(config).save_pretrained(str(path))
@@ -53,7 +72,7 @@ def build_text_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0) -> 
     return path
 
 
-def build_vlm_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0) -> Path:
+def build_vlm_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0, size: str | None = None) -> Path:
     """A LLaVA checkpoint (CLIP vision + Qwen2 text) and its processor in ``path`` for ``hf-vlm``."""
     from transformers import (
         CLIPImageProcessorPil,
@@ -64,12 +83,13 @@ def build_vlm_checkpoint(path: Path, *, smoke: bool = False, seed: int = 0) -> P
         Qwen2Config,
     )
 
+    preset = _preset(size, smoke)
     tok = wordpiece_tokenizer(["<image>"])
-    side, patch = 64, 16  # 16 image tokens (+1 CLS the processor accounts for)
-    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=side, patch_size=patch, projection_dim=64)
-    text = Qwen2Config(vocab_size=len(tok), num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=512, pad_token_id=tok.pad_token_id, **_size(smoke))
+    width, depth, side, patch = preset["vision"]  # (side / patch)^2 image tokens (+1 CLS the processor counts)
+    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=depth,
+                              num_attention_heads=2, image_size=side, patch_size=patch, projection_dim=width)
+    text = Qwen2Config(vocab_size=len(tok), max_position_embeddings=2 * preset["positions"],
+                       pad_token_id=tok.pad_token_id, **_text_dims(preset))
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                          vision_feature_select_strategy="default", vision_feature_layer=-1)
     with torch.random.fork_rng():

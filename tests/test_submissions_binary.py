@@ -134,6 +134,9 @@ def test_bad_binary_submissions_are_clean_audited_refusals(world: tuple[TestPKI,
         return reply.status_code, reply.json()["code"]
 
     honest = sealed()
+    carol = Agent.of(pki, "carol", server.base_url)  # certified, never enrolled: refused before anything is parsed
+    not_enrolled = carol.http.post("/v1/submissions/binary", content=b"", headers={"content-type": "text/plain"})
+    assert (not_enrolled.status_code, not_enrolled.json()["code"]) == (403, "not_enrolled")
     garbage = dataclasses.replace(honest, ciphertexts=(b"\x5e" * len(honest.ciphertexts[0]),), signature=b"")
     garbage = dataclasses.replace(garbage, signature=bob.key.sign(garbage.signed_bytes()))
     forged = dataclasses.replace(sealed(), signature=b"\0" * 64)
@@ -147,3 +150,4 @@ def test_bad_binary_submissions_are_clean_audited_refusals(world: tuple[TestPKI,
     refused = actions(audit_report(config), bob.identity)
     assert refused["reject.unsupported_media_type"] == 1 and refused["reject.malformed_ciphertext"] == 1
     assert refused["reject.integrity_error"] == len(_bad_bodies(honest)) + 1 and refused["submission.accepted"] == 1
+    assert actions(audit_report(config), carol.identity)["reject.not_enrolled"] == 1

@@ -156,7 +156,8 @@ class Envelope:
                                "signature": base64.b64encode(self.signature).decode("ascii")})
         if not rest.startswith(_WIRE_OPENING):  # cannot happen while "ciphertexts" sorts first; never guess
             return canonical_json(self.to_dict())
-        # one join: each ~330 KB piece is copied once, not once per concatenation (1.2 -> 0.6 ms per envelope)
+        # one join: each ~330 KB piece is copied once, not once per concatenation (a 64-score envelope, warm
+        # heap: 0.43-0.52 -> 0.41-0.43 ms; more where each fresh buffer still costs page faults)
         parts: list[bytes | memoryview] = [_WIRE_OPENING]
         for i, c in enumerate(self.ciphertexts):
             parts += (b',"' if i else b'"', binascii.b2a_base64(c, newline=False), b'"')

@@ -8,8 +8,9 @@ authorisation happens on the CA-issued URI SAN of a certificate the handshake ve
 
 Two HTTP/1.1 parsers, the same connection logic (:class:`_MutualTLS`): httptools (C, llhttp)
 when it is installed — it is a dependency — and uvicorn's pure-Python h11 otherwise. Why
-httptools: a 332 KB binary envelope crosses the HTTP layer as ~20 TLS records, and h11 spent
-milliseconds of Python per envelope framing them (docs/benchmarks.md, issue 14 §6).
+httptools: less server CPU per binary envelope at 8 and 32 connections (0.82-0.96x in one run,
+``mor bench --sections 4 --compare-http``), none at 64 (1.00-1.05x); docs/benchmarks.md,
+issue 14 §6, third pass.
 ``http=`` is pinned to these classes: uvicorn's own protocols would bypass them. ``loop=`` is
 pinned to asyncio: the connection bounds (:mod:`server.connection_guard`) live in the listening
 socket's ``accept``, which uvloop would bypass.

@@ -126,3 +126,37 @@ def test_new_config_values_are_refused_by_name() -> None:
         EvalConfig.smoke().replace(epsilon=10.0, secure_dp=True)
     with pytest.raises(EvalConfigError, match="heldout_domain"):
         EvalConfig.smoke().replace(heldout_domain="legal")
+
+
+def _result_with(outcome_by_method: dict[str, float], *, seeds: int = 5, prompts: int = 80) -> object:
+    """A finished evaluation whose method m wins each own-domain prompt with frequency outcome_by_method[m]."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    config = EvalConfig(seeds=tuple(range(seeds)), bootstrap=400)
+    members = [c.name for c in config.clients]
+    seed_rows = []
+    for _ in range(seeds):
+        outcomes = {}
+        for method, p in outcome_by_method.items():
+            shape = (len(members), prompts)
+            draw = (rng.random(shape) < p).astype(float) if method != "reference" else np.full(shape, .5)
+            outcomes[method] = dict(zip(members, draw.tolist(), strict=True))
+        seed_rows.append(SimpleNamespace(outcomes=outcomes))
+    return SimpleNamespace(methods=list(outcome_by_method), seeds=seed_rows, config=config)
+
+
+def test_goal_check_demands_every_criterion_of_the_issue() -> None:
+    from sim.eval.summary import differences
+
+    base = {"reference": .5, "single:a": .55, "single:b": .72, "uniform": .55, "fedavg": .55, "oracle": .9}
+    clear = differences(_result_with({**base, "mor-gn": .92, "mor": .7}))["goal"]
+    assert clear["mor-gn"]["met"] and all(clear["mor-gn"]["checks"].values())
+    assert set(clear["mor-gn"]["vs_single"]) == {"single:a", "single:b"}
+    # mor beats uniform and FedAvg but not single:b, and is far below the oracle's gain: not met
+    assert not clear["mor"]["met"]
+    assert clear["mor"]["checks"]["beats uniform"] and not clear["mor"]["checks"]["beats every single member"]
+    assert not clear["mor"]["checks"][">= 90% of the oracle's gain"]
+    assert set(clear) == {"mor-gn", "mor"}  # baselines and reference rows are not judged against themselves
+    missing = differences(_result_with({k: v for k, v in {**base, "mor-gn": .92}.items() if k != "fedavg"}))["goal"]
+    assert missing["mor-gn"]["checks"]["beats FedAvg"] is None and not missing["mor-gn"]["met"]

@@ -90,6 +90,20 @@ def _ci(value: list[float] | None) -> str:
     return f"{mark.strip()}{value[0]:+.3f} [{value[1]:+.3f}, {value[2]:+.3f}]{mark.strip()}"
 
 
+def goal_markdown(goal: Mapping[str, Any]) -> list[str]:
+    """One line per fused-reward row: which of the issue's four criteria its intervals meet."""
+    if not goal:
+        return []
+    names = list(next(iter(goal.values()))["checks"])
+    word = {True: "yes", False: "no", None: "not run"}
+    out = ["", "## Against the goal (issue #17)", "",
+           "A row meets the goal when the 95% interval of its difference to uniform, to FedAvg and to each "
+           "single member lies above 0 and its point share of the oracle router's gain is at least 0.9.", ""]
+    rows = [[label(m), *(word[g["checks"][n]] for n in names), "**yes**" if g["met"] else "no"]
+            for m, g in goal.items()]
+    return out + _table(["method", *names, "goal met"], rows)
+
+
 def differences_markdown(result: Mapping[str, Any]) -> list[str]:
     """The CI tables: each row's difference to the baselines, share of the oracle's gain, held-out check."""
     diffs = result.get("differences")
@@ -108,6 +122,7 @@ def differences_markdown(result: Mapping[str, Any]) -> list[str]:
         rows.append([label(method), *(_ci(cols.get(k)) for k in ("uniform", "fedavg", "best-single", "reference")),
                      "n/a" if share is None else f"{share[0]:.2f} [{share[1]:.2f}, {share[2]:.2f}]"])
     out += _table(header, rows)
+    out += goal_markdown(diffs.get("goal") or {})
     held = diffs.get("heldout") or {}
     if held.get("rows"):
         out += ["", f"## Held-out domain check: `{held['domain']}` (owner {held['owner']}), not in the "

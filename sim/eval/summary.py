@@ -58,7 +58,35 @@ def differences(result: Any) -> dict[str, Any]:
                 heldout["rows"][method] = {"win": point_mean(mine),
                                            "vs_uniform": paired_difference(mine, base, replicates=reps).to_list()}
     return {"best_single": best, "seeds": len(result.seeds), "replicates": reps, "rows": rows,
-            "oracle_share": share, "heldout": heldout}
+            "oracle_share": share, "heldout": heldout, "goal": goal_check(result, rows, share)}
 
 
-__all__ = ["BASELINES", "best_single", "differences"]
+def goal_check(result: Any, rows: dict[str, dict[str, list[float]]],
+               share: dict[str, list[float] | None]) -> dict[str, Any]:
+    """Issue #17's goal, per fused-reward row: does it beat uniform, FedAvg and *every* single member
+    with a 95% interval of the difference above 0, and reach >= 90% of the oracle router's gain?
+
+    Each single member gets its own paired interval (not only the best one), so "beats every single
+    member" is tested as stated. A criterion whose baseline row was not run is ``None`` (not met).
+    """
+    singles = [m for m in result.methods if m.startswith("single:")]
+    skip = {"reference", "oracle", "central", "uniform", "fedavg", *singles}
+    out: dict[str, Any] = {}
+    for method, cols in rows.items():
+        if method in skip:
+            continue
+        mine = _outcomes(result, method)
+        per_single = {m: paired_difference(mine, _outcomes(result, m), replicates=result.config.bootstrap).to_list()
+                      for m in singles}
+        oracle_share = share.get(method)
+        checks: dict[str, bool | None] = {
+            "beats uniform": cols["uniform"][1] > 0 if "uniform" in cols else None,
+            "beats FedAvg": cols["fedavg"][1] > 0 if "fedavg" in cols else None,
+            "beats every single member": all(ci[1] > 0 for ci in per_single.values()) if per_single else None,
+            ">= 90% of the oracle's gain": oracle_share[0] >= 0.9 if oracle_share else None,
+        }
+        out[method] = {"checks": checks, "vs_single": per_single, "met": all(v is True for v in checks.values())}
+    return out
+
+
+__all__ = ["BASELINES", "best_single", "differences", "goal_check"]

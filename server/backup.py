@@ -53,7 +53,8 @@ from crypto.signing import SigningKey
 from server.config import ServerConfig
 from server.errors import StateError
 from server.migrations import current_revision
-from server.state import StateStore, metadata
+from server.state import StateStore
+from server.state_tables import metadata
 
 FORMAT = "mor-server-backup/1"
 MANIFEST, SIGNATURE, STATE = "manifest.json", "manifest.sig", "state.jsonl.gz"

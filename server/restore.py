@@ -52,8 +52,9 @@ from server.backup import (
 from server.config import ServerConfig
 from server.errors import StateError
 from server.migrations import VERSION_TABLE, alembic_config, known_revision
-from server.state import StateStore, metadata
+from server.state import StateStore
 from server.state_files import open_engine, seal_companions
+from server.state_tables import metadata
 
 BATCH = 500
 

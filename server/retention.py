@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 
 from server.services import AuditTrail
-from server.state import StateStore, rounds, router_weights, submissions, tasks
+from server.state import StateStore
+from server.state_tables import rounds, router_weights, submissions, tasks
 
 DAY_S = 86_400.0
 PASS_EVERY_S = 3600.0

@@ -154,7 +154,7 @@ def serve_until_signal(api: ServiceThread, stop: StopFlag) -> str:
 
 def abandon_open_rounds(services: Services, reason: str) -> list[str]:
     """Close every round still open as skipped (its tasks expire), one ``round.abandoned`` entry each."""
-    from server.state import rounds
+    from server.state_tables import rounds
 
     with services.state.engine.connect() as conn:
         open_ids = list(conn.execute(select(rounds.c.round_id).where(rounds.c.status == "open")).scalars())

@@ -43,7 +43,8 @@ from server.ingest import DeferredNonce, GroupCommit, Submission
 from server.privacy_mode import privacy_mode_for
 from server.rounds import RoundCoordinator, RoundPolicy
 from server.router import UniformRouter
-from server.state import StateStore, submissions
+from server.state import StateStore
+from server.state_tables import submissions
 from server.wiring import open_server
 from wire.messages import TaskItem, TaskPayload
 

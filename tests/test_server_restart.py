@@ -23,7 +23,8 @@ from audit import verify_inclusion
 from audit.wire_form import checkpoint_from_wire
 from crypto.ckks import load_public_context
 from crypto.envelope import seal_scores
-from server.state import StateStore, rounds
+from server.state import StateStore
+from server.state_tables import rounds
 from wire.messages import Receipt, SignedInclusionProof
 
 pytestmark = pytest.mark.timeout(240)

@@ -28,7 +28,8 @@ from sqlalchemy import create_engine, insert, select, text
 
 from server.errors import StateError
 from server.migrations import baseline_tables, head_revision
-from server.state import StateStore, metadata, submissions
+from server.state import StateStore
+from server.state_tables import metadata, submissions
 from wire.messages import Receipt
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from server.state import metadata
+from server.state_tables import metadata
 
 
 def run_migrations() -> None:

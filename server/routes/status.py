@@ -26,7 +26,7 @@ from server.admission import Caller
 from server.mtls import peer_certificate_der
 from server.routes.common import any_caller, services_of
 from server.services import Services
-from server.state import rounds, submissions
+from server.state_tables import rounds, submissions
 from server.status_page import (
     DatasetView,
     MemberHealthView,

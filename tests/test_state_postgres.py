@@ -47,7 +47,7 @@ def test_an_empty_database_gets_the_newest_schema_exactly_as_the_tables_say(data
     assert (store.schema_change.before, store.schema_change.after, store.schema_change.adopted) == (
         None, head_revision(), False)
     with store.engine.connect() as conn:
-        assert compare_metadata(MigrationContext.configure(conn), metadata) == []  # migrations == server/state.py
+        assert compare_metadata(MigrationContext.configure(conn), metadata) == []  # migrations == state_tables.py
     store.engine.dispose()
     again = StateStore(database_url)
     assert not again.schema_change.changed

@@ -18,7 +18,7 @@ Policy, decided here once (deploy/RUNBOOK.md, "State and audit"):
 Concurrent starts against one PostgreSQL database are serialised by a transaction-scoped
 advisory lock, so two servers never both try to create the schema.
 
-Changing a table in :mod:`server.state` needs a new revision in ``versions/``:
+Changing a table in :mod:`server.state_tables` needs a new revision in ``versions/``:
 ``command.revision(alembic_config(conn), "what", rev_id="0003", autogenerate=True)``, with
 ``conn`` open on a database at the current head, writes it from ``script.py.mako`` with the
 difference filled in (review it). ``tests/test_state_postgres.py`` compares the migrated schema

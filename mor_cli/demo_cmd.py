@@ -19,18 +19,20 @@ from mor_cli.main import CommandError
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("demo", help="run the whole system end to end on this machine")
-    parser.add_argument("--quick", action="store_true", help="smoke-test size (about 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke-test size (1.7-2.4 min on 2 cores once the model is cached: docs/model.md)")
     parser.add_argument("--policy", type=Path, default=None,
                         help="consortium policy TOML (default: the built-in finance policy, ckks)")
     parser.add_argument("--out", type=Path, default=Path("mor-demo"), help="output folder (default ./mor-demo)")
     parser.add_argument("--model", type=Path, default=None,
                         help="a local Hugging Face VLM checkpoint to align instead of the pretrained default")
     parser.add_argument("--toy-model", action="store_true",
-                        help="align the 1.6M toy VLM (random weights) instead of the pretrained SmolLM2 VLM: "
+                        help="align the 1.0M toy VLM (random weights) instead of the pretrained SmolLM2 VLM: "
                              "for fast tests; its answers are barely language")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the server's training")
     parser.add_argument("--cache", type=Path, default=None,
-                        help="where the built, warm-started VLM is cached (default ~/.cache/mor-secure)")
+                        help="where the built, warm-started VLM is cached (default: $MOR_CACHE_DIR, else "
+                             "$XDG_CACHE_HOME/mor-secure, else ~/.cache/mor-secure)")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --out")
     parser.set_defaults(func=handle)
 

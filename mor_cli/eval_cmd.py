@@ -33,7 +33,7 @@ def register(subparsers: Any) -> None:
                         help="base VLM checkpoint for the policy (e.g. from `mor model build`); default: the "
                              "pretrained SmolLM2-135M VLM the demo uses (built once into the model cache)")
     parser.add_argument("--toy-model", action="store_true",
-                        help="the 1.6M random-weight toy VLM instead (fast; what the tests and the earlier tables use)")
+                        help="the 1.0M random-weight toy VLM instead (fast; what the tests and the earlier tables use)")
     parser.add_argument("--secure-dp", action="store_true",
                         help="members train with CSPRNG noise, unseeded, as in production (default: seeded pilot)")
     parser.add_argument("--epsilon", type=float, default=None, help="members' DP epsilon (default 8)")

@@ -40,7 +40,8 @@ IMAGE_SIZE = 64
 
 @dataclass(frozen=True)
 class SmallVLMSpec:
-    """Sizes of the offline LLaVA; the defaults give ~1.6M parameters, 64 image tokens."""
+    """Sizes of the offline LLaVA; the defaults give 1.04M parameters (tied embeddings, the packaged
+    corpus's BPE stops at 859 tokens), 64 image tokens."""
 
     vocab_size: int = 2048
     text_hidden: int = 128

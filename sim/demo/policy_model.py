@@ -1,4 +1,4 @@
-"""The checkpoint the demo aligns: the pretrained SmolLM2 VLM by default, the 1.6M toy for fast tests.
+"""The checkpoint the demo aligns: the pretrained SmolLM2 VLM by default, the 1.0M toy for fast tests.
 
 Why the pretrained default: a randomly initialised policy's answers are barely language, so a
 run cannot show whether alignment moved it. The default is SmolLM2-135M-Instruct (shipped as a
@@ -65,7 +65,7 @@ def _toy(cache: Path, seed: int, quick: bool, threads: Threads) -> PolicyChoice:
     examples = build_sft_examples(300 if quick else 1200, seed=seed)
     result = warm_start(base, examples, out_dir=cache / "warm-start", config=config, threads=threads)
     return PolicyChoice(result.path, {"source": "toy: built + warm-started", "pretrained": False,
-                                      "name": "small LLaVA from random weights (1.6M parameters)",
+                                      "name": "small LLaVA from random weights (1.0M parameters)",
                                       "base": str(base), "path": str(result.path), "cached": result.cached,
                                       "steps": config.steps,
                                       "final_loss": result.losses[-1] if result.losses else None})

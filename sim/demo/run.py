@@ -6,7 +6,7 @@ Phases, one printed line each (:data:`PHASES`)::
     dp-train    three `mor client train` processes (different architectures and preference styles),
                 each to its local (ε, δ) budget; meanwhile, in this process:
     policy      the pretrained policy VLM is converted, built and warm-started (each cached), or the
-                1.6M toy (``--toy-model``, for fast tests), or --model is used as given
+                1.0M toy (``--toy-model``, for fast tests), or --model is used as given
     services    the key holder (fused-only) and `mor server run` (API + training), ready over mTLS
     align       three `mor client run` agents; the server calibrates, fits the router, runs GRPO
     stop        agents, server, key holder get SIGTERM and must exit 0 (final signed checkpoints)
@@ -46,7 +46,7 @@ class DemoOptions:
     policy: Path
     quick: bool = False
     model: Path | None = None
-    toy_model: bool = False  # the 1.6M toy instead of the pretrained default: for fast tests
+    toy_model: bool = False  # the 1.0M toy instead of the pretrained default: for fast tests
     seed: int = 0
     cache: Path | None = None
     overwrite: bool = False
@@ -117,7 +117,7 @@ def _policy_text(options: DemoOptions) -> str:
     if options.model is not None:
         return f"policy model {options.model}"
     if options.toy_model:
-        return "toy VLM (1.6M, random weights) built and warm-started (cached after the first run)"
+        return "toy VLM (1.0M, random weights) built and warm-started (cached after the first run)"
     return ("SmolLM2-135M VLM converted, built and warm-started (about 10 min once, cached after the first run)")
 
 

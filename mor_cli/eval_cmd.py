@@ -37,6 +37,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--secure-dp", action="store_true",
                         help="members train with CSPRNG noise, unseeded, as in production (default: seeded pilot)")
     parser.add_argument("--epsilon", type=float, default=None, help="members' DP epsilon (default 8)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="GRPO learning rate of the policy's LoRA, the same for every row (default 2e-3)")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="GRPO KL coefficient to the reference, the same for every row (default 0.04)")
     parser.add_argument("--heldout-domain", default=None, help="domain left out of the *-heldout routers' fit")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap replicates (default 2000)")
     parser.add_argument("--out", type=Path, default=Path("eval-out"), help="output folder (default: eval-out)")
@@ -75,6 +79,7 @@ def handle(args: argparse.Namespace) -> int:
     config = EvalConfig.smoke() if args.smoke else EvalConfig.quick() if args.quick else EvalConfig.full()
     changes: dict[str, Any] = {"seeds": tuple(range(args.seeds)), "secure_dp": args.secure_dp}
     optional = {"grpo_steps": args.steps, "epsilon": args.epsilon, "heldout_domain": args.heldout_domain,
+                "learning_rate": args.lr, "beta": args.beta,
                 "bootstrap": args.bootstrap, "model_path": str(args.model.resolve()) if args.model else None}
     changes.update({k: v for k, v in optional.items() if v is not None})
     if args.methods is not None:

@@ -47,6 +47,9 @@ def test_cli_refuses_bad_seed_count_in_one_line(capsys: pytest.CaptureFixture[st
     assert err == ["mor eval: error: --seeds must be >= 1, got 0"]
     assert main(["eval", "--model", "somewhere", "--toy-model"]) == 2  # one policy model, said before any work
     assert capsys.readouterr().err.strip() == "mor eval: error: --model and --toy-model: choose one policy model"
+    for flag, name in (("--lr", "learning_rate"), ("--beta", "beta")):  # the GRPO budget's knobs, checked by name
+        assert main(["eval", "--toy-model", "--smoke", flag, "0", "--out", "/nonexistent/never-written"]) == 2
+        assert f"EvalConfig.{name} must be > 0" in capsys.readouterr().err
 
 
 def test_fedavg_spends_exactly_the_budget_and_learns(tmp_path: Path) -> None:

@@ -25,7 +25,10 @@ class TrainingSection(FrozenConfig):
     quorum: int = Field(default=2, ge=1, description="agents that must answer for a round to count")
     deadline_s: float = Field(default=60.0, gt=0, description="how long a round waits for answers")
     enrol_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for quorum agents to enrol")
-    router: Literal["learned", "uniform", "fixed"] = "learned"
+    # uniform by default: on the pretrained policy with production-DP members, `mor eval` measured the
+    # uniform mixture above the learned router, the oracle domain router and every single member
+    # (docs/eval.md, "The issue #17 measurement"); "learned" is the input-conditioned MoR router.
+    router: Literal["learned", "uniform", "fixed"] = "uniform"
     fixed_weights: dict[str, float] | None = Field(default=None, description="router = fixed: agent -> weight")
     router_path: Path | None = Field(default=None, description="fused-only: a router fitted earlier (safetensors)")
     router_digest: str | None = Field(default=None, description="refuse router_path unless it has this digest")

@@ -25,5 +25,5 @@ def test_keyholder_example_loads_with_the_policy_gate() -> None:
 
 def test_training_example_loads_with_a_kl_penalty() -> None:
     training = load_training_config(EXAMPLES / "training.toml")
-    assert training.beta > 0 and training.router == "learned" and training.use_lora
+    assert training.beta > 0 and training.router == "uniform" and training.use_lora  # the measured default
     assert training.data.router_pairs == Path("/srv/mor/data/router-pairs")  # the [data] table is read

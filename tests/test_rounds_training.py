@@ -57,7 +57,7 @@ def test_training_run_calibrates_fits_router_and_trains_on_the_fused_reward(
     config = TrainingSection(
         model_path=build_small_vlm(tmp_path / "policy", seed=0), output_dir=tmp_path / "out", quorum=2,
         deadline_s=20, enrol_timeout_s=5, n_calibration=12, n_public_pairs=16, n_prompts=4, group_size=2,
-        per_device_batch=4, max_steps=2, max_completion_length=8, learning_rate=1e-2,
+        per_device_batch=4, max_steps=2, max_completion_length=8, learning_rate=1e-2, router="learned",
     )
     report = run_training(services, config, features=features, show_progress=False)
 
@@ -131,7 +131,7 @@ def test_training_runs_on_the_consortiums_own_datasets_and_audits_them(
     config = TrainingSection(
         model_path=build_small_vlm(tmp_path / "policy", seed=0), output_dir=tmp_path / "out", quorum=2,
         deadline_s=20, enrol_timeout_s=5, group_size=2, per_device_batch=4, max_steps=2, max_completion_length=8,
-        data=DataSection(prompts=prompts, calibration=calibration, router_pairs=router_pairs),
+        data=DataSection(prompts=prompts, calibration=calibration, router_pairs=router_pairs), router="learned",
     )
     report = run_training(services, config, features=features, show_progress=False)
 

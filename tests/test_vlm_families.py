@@ -88,7 +88,7 @@ def test_family_aligns_on_the_federated_reward(family: str, family_dirs: dict[st
     config = TrainingSection(
         model_path=family_dirs[family], output_dir=tmp_path / "out", quorum=3, deadline_s=20, enrol_timeout_s=5,
         n_calibration=8, n_public_pairs=8, n_prompts=2, group_size=2, per_device_batch=2, max_steps=2,
-        max_completion_length=4, learning_rate=1e-2, device="cpu", **KNOBS[family],
+        max_completion_length=4, learning_rate=1e-2, device="cpu", router="learned", **KNOBS[family],
     )
     report = run_training(services, config, features=features, show_progress=False)
 

@@ -215,7 +215,9 @@ def write_training_config(consortium: Deployment, *, model_path: Path, scale: Sc
     group = policy.rounds.group_size
     return write_toml(consortium.training_config, {"training": {
         "model_path": str(model_path), "output_dir": str(consortium.training_out),
-        # every demo agent must answer (at least the policy's quorum)
+        # every demo agent must answer (at least the policy's quorum). The demo asks for the learned
+        # router although `uniform` is the measured default (docs/eval.md): it exists to run every
+        # exchange a consortium can use, the router's public rounds and fit included.
         "quorum": max(policy.rounds.quorum, len(consortium.agents)), "deadline_s": float(policy.rounds.deadline_s),
         "enrol_timeout_s": 600.0, "router": "learned", "n_calibration": scale.n_calibration,
         "n_public_pairs": scale.n_public_pairs, "n_prompts": scale.n_prompts, "seed": seed, "group_size": group,

@@ -26,8 +26,9 @@ class TrainingSection(FrozenConfig):
     deadline_s: float = Field(default=60.0, gt=0, description="how long a round waits for answers")
     enrol_timeout_s: float = Field(default=600.0, gt=0, description="how long to wait for quorum agents to enrol")
     # uniform by default: on the pretrained policy with production-DP members, `mor eval` measured the
-    # uniform mixture above the learned router, the oracle domain router and every single member
-    # (docs/eval.md, "The issue #17 measurement"); "learned" is the input-conditioned MoR router.
+    # learned (input-conditioned MoR) router no better than the uniform mixture (-0.037 [-0.107, +0.033]
+    # over 3 seeds), so it does not earn the public router rounds it costs (docs/eval.md, "The issue
+    # #17 measurement"); "learned" stays available.
     router: Literal["learned", "uniform", "fixed"] = "uniform"
     fixed_weights: dict[str, float] | None = Field(default=None, description="router = fixed: agent -> weight")
     router_path: Path | None = Field(default=None, description="fused-only: a router fitted earlier (safetensors)")

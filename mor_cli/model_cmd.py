@@ -51,9 +51,9 @@ def register(subparsers: Any) -> None:
 def default_base(seed: int = 0) -> Path:
     """The cache folder ``mor demo`` and ``mor eval`` use for the assembled pretrained VLM (one per seed)."""
     from server.vlm.pretrained import cache_dir
-    from sim.demo.policy_model import PRETRAINED_VERSION
+    from sim.demo.policy_model import pretrained_base_dir
 
-    return cache_dir() / f"{PRETRAINED_VERSION}-seed{seed}"
+    return pretrained_base_dir(cache_dir(), seed)
 
 
 def _build(args: argparse.Namespace) -> int:

@@ -71,6 +71,11 @@ def _toy(cache: Path, seed: int, quick: bool, threads: Threads) -> PolicyChoice:
                                       "final_loss": result.losses[-1] if result.losses else None})
 
 
+def pretrained_base_dir(cache: Path, seed: int = 0) -> Path:
+    """Where :func:`pretrained_base` keeps the assembled VLM in ``cache`` (``mor model build`` too)."""
+    return cache / f"{PRETRAINED_VERSION}-seed{seed}"
+
+
 def pretrained_base(cache: Path, seed: int = 0, say: Callable[[str], None] = print) -> Path:
     """The assembled, not yet warm-started pretrained VLM (converted and built once per cache).
 
@@ -81,7 +86,7 @@ def pretrained_base(cache: Path, seed: int = 0, say: Callable[[str], None] = pri
 
     try:
         lm = convert_smollm2(cache / CONVERTED_NAME, log=say)
-        return _build_once(cache / f"{PRETRAINED_VERSION}-seed{seed}",
+        return _build_once(pretrained_base_dir(cache, seed),
                            lambda d: build_pretrained_vlm(d, lm_dir=lm, seed=seed))
     except ModelError as exc:
         raise ProvisionError(f"the pretrained policy VLM could not be built: {exc}") from None
